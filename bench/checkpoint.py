@@ -1,0 +1,70 @@
+"""Files written whole or not at all: temporary name, fsync, rename."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench.errors import BenchError
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write through `write(fileobj)` to a temporary file next to `path`, then rename it over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def save(obj: Any, path: Path) -> Path:
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load(path: Path, map_location="cpu") -> Any:
+    """torch.load with one clear sentence for a missing, truncated or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"Checkpoint {path} does not exist.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise BenchError(f"Checkpoint {path} is truncated or corrupt ({type(e).__name__}); it was not used.") from None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hash of a model's weights, independent of how they were serialised."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        v = state_dict[k]
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,134 @@
+"""`bench`: run, report, methods, profiles, digits-classifier.
+
+Heavy imports (torch, mlflow, ray) happen inside the commands so `bench --help` stays fast.
+Errors a user can cause print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from bench.errors import BenchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Benchmark few-step generative models: FID against the number of sampling steps.",
+)
+
+
+@app.command()
+def run(
+    method: str = typer.Option(..., "--method", "-m", help="Method name (see `bench methods`)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile in bench.toml (default: digits)."),
+    data: Optional[str] = typer.Option(None, "--data", help="toy:NAME | digits | imagefolder:PATH | npz:PATH | latents:DIR"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: section.key=value or key=value (repeatable)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run seed (training and evaluation noise)."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="MLflow experiment (default: the profile name)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="bench.toml to read (default: ./bench.toml or the checkout's)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this MLflow run id from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Train one method, evaluate it at n = 1, 2, 4, ..., M sampling steps, and track everything in MLflow."""
+    from bench.config import resolve
+
+    cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
+    from bench.run import execute, format_table
+
+    if resume:
+        cfg = _config_of_run(resume, cfg)
+    out = execute(cfg, experiment, resume_run_id=resume, progress=not quiet)
+    typer.echo(f"\n{cfg.method_name} on {cfg.data.spec} (profile {cfg.profile}, seed {cfg.seed}, "
+               f"{cfg.eval.num_samples} samples per n)")
+    typer.echo(format_table(out.results))
+    typer.echo(f"\nrun {out.run_id} in experiment {out.experiment!r} at {out.tracking_uri}")
+    typer.echo(f"artifacts: {out.artifact_uri}")
+    typer.echo(f"checkpoint: {out.checkpoint}")
+    typer.echo(f"plots and tables: bench report --experiment {out.experiment}")
+
+
+def _config_of_run(run_id: str, cfg):
+    """A resumed run uses the configuration stored in its checkpoint."""
+    from bench import checkpoint as ckpt
+    from bench.config import Config
+    from bench.run import checkpoint_dir
+
+    state = ckpt.load(checkpoint_dir(run_id) / "last.pt")
+    return Config.from_dict(state["config"])
+
+
+@app.command()
+def report(
+    experiment: Optional[List[str]] = typer.Option(None, "--experiment", "-e", help="Experiment(s) to report (default: every experiment)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: results/<experiment>/)."),
+):
+    """Read the tracking store only; write fid_vs_steps.png and metrics.csv per experiment."""
+    from bench.report import write_reports
+
+    for path in write_reports(experiment or None, out):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def methods():
+    """List the methods."""
+    from methods import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        typer.echo(f"{name:28s} {doc}")
+
+
+@app.command()
+def profiles(config: Optional[Path] = typer.Option(None, "--config")):
+    """List the profiles of bench.toml."""
+    from bench.config import load_toml
+
+    doc = load_toml(config)
+    for name, prof in sorted(doc.get("profiles", {}).items()):
+        typer.echo(f"{name:14s} {prof.get('description', '')}")
+
+
+@app.command("digits-classifier")
+def digits_classifier(
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default: the shipped file)."),
+    seed: int = typer.Option(0, "--seed"),
+    epochs: int = typer.Option(40, "--epochs"),
+):
+    """Retrain the digits feature extractor reproducibly and print its held-out accuracy."""
+    import torch
+
+    from bench.digits_classifier import train_classifier
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    r = train_classifier(seed=seed, epochs=epochs, out=out)
+    typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
+               f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+
+
+def main() -> None:
+    import click
+
+    try:
+        app(standalone_mode=False)
+    except BenchError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""bench.toml + --set overrides -> one resolved, validated `Config`.
+
+bench.toml has `[defaults.<section>]` and `[profiles.<name>.<section>]` tables. Sections:
+`data`, `model`, `train`, `eval` (dataclasses below) and `method` (the options every method
+has: `M`, `cfg_scale`). Keys that only one method has live under
+`[profiles.<name>.methods.<method>]` (e.g. the shortcut's `k`), so a profile can carry them
+without breaking the other methods. On the command line `--set section.key=value`, or just
+`--set key=value` when the key names exactly one field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+
+@dataclass
+class DataConfig:
+    spec: str = "digits"  # toy:NAME | digits | imagefolder:PATH | npz:PATH | latents:DIR
+    resolution: int = 0  # imagefolder: side after resize + centre crop (0: keep the files' size)
+    num_train: int = 50_000  # toys: points drawn once for training (fixed by data_seed)
+    data_seed: int = 1234  # toys: seed of the training points and of the reference set
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"  # "mlp" (vectors, 2-D points) or "dit" (images / latents)
+    preset: str = ""  # DiT size preset (bench.models.dit.PRESETS); overrides hidden/depth/heads/patch
+    hidden: int = 512  # width
+    depth: int = 3  # hidden layers (mlp) or transformer blocks (dit)
+    heads: int = 4  # attention heads (dit)
+    patch: int = 2  # patch size (dit)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 6000  # optimiser steps
+    batch_size: int = 256  # rows per step, all methods alike
+    lr: float = 1e-4  # AdamW, constant
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.1
+    ema_decay: float = 0.999  # EMA of the weights; evaluation and bootstrap targets use it
+    grad_clip: float = 0.0  # max gradient norm, 0 = off
+    label_dropout: float = 0.0  # p_uncond: share of rows whose label becomes the null class (CFG)
+    checkpoint_every: int = 2000  # steps between atomic checkpoints (one more at the end)
+    log_every: int = 50  # steps between train/loss points (and the non-finite check)
+    eval_every: int = 0  # steps between evaluations during training (0: only at the end)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast, CUDA only)
+    compile: bool = False  # torch.compile the model (CUDA)
+    device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 2000  # generated samples per number of sampling steps
+    batch_size: int = 1000  # samples generated per batch
+    steps: str = ""  # comma list of sampling steps, each dividing M ("" = 1, 2, 4, ..., M)
+    features: str = "auto"  # auto | coords | digits-classifier | inception | raw
+    fid_backend: str = "torch-fidelity"  # or "clean-fid" (same features, same FID formula)
+    inception_weights: str = ""  # path to weights-inception-2015-12-05-6726825d.pth (or $BENCH_INCEPTION_WEIGHTS)
+    kid: bool = True  # KID (images)
+    prc: bool = True  # precision / recall (images)
+    save_samples: int = 10_000  # first samples per n stored as samples/steps_{n}.npz
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+@dataclass
+class Config:
+    method_name: str
+    profile: str
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    method: Any  # the method's Options dataclass (methods.base.MethodOptions subclass)
+
+    def flat(self) -> dict[str, Any]:
+        """Every resolved key as `section.key` -> value (MLflow params, the saved config)."""
+        out: dict[str, Any] = {"method": self.method_name, "profile": self.profile, "seed": self.seed}
+        for section in ("data", "model", "train", "eval", "method"):
+            for f in fields(getattr(self, section)):
+                out[f"{section}.{f.name}"] = getattr(getattr(self, section), f.name)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict; `Config.from_dict` inverts it (checkpoints, Ray trials)."""
+        return {
+            "method_name": self.method_name,
+            "profile": self.profile,
+            "seed": self.seed,
+            **{s: dataclasses.asdict(getattr(self, s)) for s in ("data", "model", "train", "eval", "method")},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        from methods import get_method
+
+        method_cls = get_method(d["method_name"])
+        return cls(
+            method_name=d["method_name"],
+            profile=d["profile"],
+            seed=int(d["seed"]),
+            method=method_cls.Options(**d["method"]),
+            **{s: SECTIONS[s](**d[s]) for s in SECTIONS},
+        )
+
+    def sampling_steps(self) -> list[int]:
+        """Numbers of sampling steps evaluated: 1, 2, 4, ..., M unless `eval.steps` says."""
+        M = self.method.M
+        if not self.eval.steps.strip():
+            return [2**i for i in range(M.bit_length()) if 2**i <= M]
+        return sorted({int(s) for s in self.eval.steps.split(",") if s.strip()})
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def default_config_path() -> Path:
+    """./bench.toml if there is one, else the bench.toml of the checkout this package lives in."""
+    env = os.environ.get("BENCH_CONFIG")
+    if env:
+        return Path(env)
+    here = Path.cwd() / "bench.toml"
+    if here.is_file():
+        return here
+    return Path(__file__).resolve().parents[1] / "bench.toml"
+
+
+def load_toml(path: Path | None = None) -> dict[str, Any]:
+    path = Path(path) if path else default_config_path()
+    if not path.is_file():
+        raise BenchError(f"Config file {path} does not exist.")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise BenchError(f"Config file {path} is not valid TOML: {e}.") from None
+
+
+def profile_names(doc: dict[str, Any]) -> list[str]:
+    return sorted(doc.get("profiles", {}))
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def parse_value(key: str, raw: Any, typ: Any) -> Any:
+    """Convert `raw` (a TOML value or a --set string) to `typ`, or say why not."""
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(raw, str) and raw.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError
+                return int(raw)
+            return int(str(raw).replace("_", ""))
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, (int, float)):
+                return float(raw)
+            return float(Fraction(str(raw).strip()))  # accepts "1/8"
+        if typ is str:
+            if isinstance(raw, (dict, list)):
+                raise ValueError
+            return str(raw)
+    except (ValueError, ZeroDivisionError):
+        pass
+    else:
+        return raw
+    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(typ, str(typ))
+    raise BenchError(f"{key} expects {name}, got {raw!r}.")
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not close:
+        # bare names: compare the part after the dot too
+        bare = {v.split(".")[-1]: v for v in valid}
+        hit = difflib.get_close_matches(key.split(".")[-1], list(bare), n=1, cutoff=0.6)
+        close = [bare[hit[0]]] if hit else []
+    return f" Did you mean {close[0]}?" if close else ""
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise BenchError(f"--set takes key=value, got {item!r}.")
+        key, value = item.split("=", 1)
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def resolve(
+    method_name: str,
+    profile: str | None = None,
+    overrides: list[str] | list[tuple[str, Any]] = (),
+    data_spec: str | None = None,
+    seed: int | None = None,
+    config_path: Path | None = None,
+    doc: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < profile < profile's per-method table < --data/--seed < --set, then validate."""
+    from methods import get_method
+
+    method_cls = get_method(method_name)
+    doc = load_toml(config_path) if doc is None else doc
+    profiles = doc.get("profiles", {})
+    profile = profile or doc.get("default_profile", "digits")
+    if profile not in profiles:
+        raise BenchError(
+            f"Unknown profile {profile!r}; known profiles: {', '.join(sorted(profiles))}."
+            + _suggest(profile, list(profiles))
+        )
+    types = {s: _field_types(c) for s, c in SECTIONS.items()}
+    types["method"] = _field_types(method_cls.Options)
+    from methods.base import MethodOptions
+
+    shared_method_keys = set(_field_types(MethodOptions))
+    values: dict[str, dict[str, Any]] = {s: {} for s in types}
+    top: dict[str, Any] = {"seed": 0}
+
+    def apply_table(table: dict[str, Any], where: str, method_table: bool = False) -> None:
+        for section, entries in table.items():
+            if section in ("seed",):
+                top["seed"] = parse_value(f"{where}.seed", entries, int)
+                continue
+            if section in ("methods", "description"):
+                continue
+            if section not in types or not isinstance(entries, dict):
+                raise BenchError(f"Unknown config section {where}.{section}." + _suggest(section, list(types)))
+            for key, raw in entries.items():
+                valid = types[section]
+                if section == "method" and not method_table and key not in shared_method_keys:
+                    raise BenchError(
+                        f"{where}.method.{key} is not shared by every method; put it under "
+                        f"[{where}.methods.<name>]."
+                    )
+                if key not in valid:
+                    raise BenchError(
+                        f"Unknown config key {where}.{section}.{key}."
+                        + _suggest(f"{section}.{key}", [f"{section}.{k}" for k in valid])
+                    )
+                values[section][key] = parse_value(f"{section}.{key}", raw, valid[key])
+
+    def apply_layer(table: dict[str, Any], where: str) -> None:
+        apply_table(table, where)
+        # keys only this method has: [<where>.methods.<method>] (method keys, or whole sections)
+        for key, v in table.get("methods", {}).get(method_name, {}).items():
+            sub = {key: v} if isinstance(v, dict) else {"method": {key: v}}
+            apply_table(sub, f"{where}.methods.{method_name}", method_table=True)
+
+    apply_layer(doc.get("defaults", {}), "defaults")
+    apply_layer(profiles[profile], f"profiles.{profile}")
+
+    if data_spec is not None:
+        values["data"]["spec"] = data_spec
+    if seed is not None:
+        top["seed"] = seed
+
+    valid_keys = [f"{s}.{k}" for s in types for k in types[s]] + ["seed"]
+    pairs = parse_overrides(overrides) if overrides and isinstance(overrides[0], str) else list(overrides)
+    for key, raw in pairs:
+        full = resolve_key(key, types, method_name, valid_keys)
+        if full == "seed":
+            top["seed"] = parse_value("seed", raw, int)
+            continue
+        section, name = full.split(".", 1)
+        values[section][name] = parse_value(full, raw, types[section][name])
+
+    cfg = Config(
+        method_name=method_name,
+        profile=profile,
+        seed=top["seed"],
+        method=method_cls.Options(**values["method"]),
+        **{s: SECTIONS[s](**values[s]) for s in SECTIONS},
+    )
+    validate(cfg)
+    return cfg
+
+
+def resolve_key(key: str, types: dict[str, dict[str, Any]], method_name: str, valid_keys: list[str]) -> str:
+    """`section.key` as given, or a bare key that names exactly one field."""
+    if key == "seed":
+        return key
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in types and name in types[section]:
+            return key
+    else:
+        owners = [s for s in types if key in types[s]]
+        if len(owners) == 1:
+            return f"{owners[0]}.{key}"
+        if len(owners) > 1:
+            raise BenchError(f"Config key {key!r} is ambiguous; write one of {', '.join(o + '.' + key for o in owners)}.")
+    raise BenchError(f"Unknown config key {key!r} for method {method_name}." + _suggest(key, valid_keys))
+
+
+def validate(cfg: Config) -> None:
+    """Checks every method shares; the method's own checks come from Options.validate()."""
+    m = cfg.method
+    if m.M < 1 or m.M & (m.M - 1):
+        raise BenchError(f"method.M must be a power of two (1, 2, 4, ..., 128, ...), got {m.M}.")
+    for n in cfg.sampling_steps():
+        if n < 1 or m.M % n:
+            raise BenchError(f"eval.steps: {n} sampling steps do not divide M = {m.M}.")
+    if cfg.train.steps < 0 or cfg.train.batch_size < 1:
+        raise BenchError("train.steps must be >= 0 and train.batch_size >= 1.")
+    if not 0.0 <= cfg.train.label_dropout < 1.0:
+        raise BenchError(f"train.label_dropout must be in [0, 1), got {cfg.train.label_dropout}.")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise BenchError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}.")
+    if cfg.train.precision not in ("fp32", "bf16"):
+        raise BenchError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}.")
+    if cfg.model.arch not in ("mlp", "dit"):
+        raise BenchError(f"model.arch must be mlp or dit, got {cfg.model.arch!r}.")
+    if cfg.eval.fid_backend not in ("torch-fidelity", "clean-fid"):
+        raise BenchError(f"eval.fid_backend must be torch-fidelity or clean-fid, got {cfg.eval.fid_backend!r}.")
+    if cfg.eval.features not in ("auto", "coords", "digits-classifier", "inception", "raw"):
+        raise BenchError(f"eval.features must be auto, coords, digits-classifier, inception or raw, got {cfg.eval.features!r}.")
+    if cfg.eval.num_samples < 2 or cfg.eval.batch_size < 1:
+        raise BenchError("eval.num_samples must be >= 2 and eval.batch_size >= 1.")
+    if cfg.method.cfg_scale < 0:
+        raise BenchError(f"method.cfg_scale must be >= 0, got {cfg.method.cfg_scale}.")
+    m.validate()
+
+
+def config_field_names() -> dict[str, list[str]]:
+    return {s: [f.name for f in fields(c)] for s, c in SECTIONS.items()}
+

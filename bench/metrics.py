@@ -1,0 +1,227 @@
+"""Sample-quality metrics against a reference set, in a named feature space.
+
+- images: FID, KID, precision/recall through torch-fidelity with the sampler as a
+  `GenerativeModelBase` input (no image files); or FID/KID through clean-fid from the same
+  features (`eval.fid_backend = "clean-fid"`). Feature extractors: the shipped digits classifier
+  (`digits-classifier`) or Inception-v3 (`inception`, weights from a local file).
+- points / vectors: the Frechet distance on coordinates (`coords`) or flattened values (`raw`),
+  the sliced Wasserstein distance, and for 2-D toys mode coverage.
+
+Reference statistics are cached under a name holding the data fingerprint, the feature
+space and the hash of the extractor's weights, so a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.errors import BenchError
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+DIGITS_EXTRACTOR = "bench-digits-classifier"
+
+
+# ----------------------------------------------------------------------------- formulas
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the formula of FID (torch-fidelity's code)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    sa = fid_features_to_statistics(torch.as_tensor(np.asarray(feats_a, dtype=np.float64)))
+    sb = fid_features_to_statistics(torch.as_tensor(np.asarray(feats_b, dtype=np.float64)))
+    return float(fid_statistics_to_metric(sa, sb, verbose=False)["frechet_inception_distance"])
+
+
+def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_projections: int = 512, seed: int = 0) -> float:
+    """SW_2: sqrt of the mean over random unit directions of W_2^2 between the 1-D projections.
+    Both sets are cut to the same size (a fixed random subset) so sorted projections pair up."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, np.float64).reshape(len(a), -1), np.asarray(b, np.float64).reshape(len(b), -1)
+    n = min(len(a), len(b))
+    a = a[rng.permutation(len(a))[:n]]
+    b = b[rng.permutation(len(b))[:n]]
+    dirs = rng.standard_normal((num_projections, a.shape[1]))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    pa, pb = np.sort(a @ dirs.T, axis=0), np.sort(b @ dirs.T, axis=0)
+    return float(np.sqrt(np.mean((pa - pb) ** 2)))
+
+
+def mode_coverage(points: Tensor, assign: Callable[[Tensor], Tensor], num_modes: int) -> dict[str, float]:
+    """modes_hit: modes holding at least 10 % of a fair share (N / K / 10) of the samples;
+    mode_share: share of samples that belong to some mode (e.g. within 3 std of a centre)."""
+    idx = assign(points.cpu())
+    counts = torch.bincount(idx[idx >= 0], minlength=num_modes)
+    threshold = 0.1 * len(points) / num_modes
+    return {
+        "modes_hit": float((counts >= threshold).sum().item()),
+        "mode_share": float((idx >= 0).float().mean().item()),
+    }
+
+
+# ----------------------------------------------------------------------------- feature extractors
+
+
+def _register_digits_extractor() -> None:
+    """Register the digits classifier with torch-fidelity once per process (Ray workers too)."""
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if DIGITS_EXTRACTOR in FEATURE_EXTRACTORS_REGISTRY:
+        return
+
+    class DigitsFeatureExtractor(FeatureExtractorBase):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            from bench.digits_classifier import WEIGHTS_PATH, load_classifier, uint8_to_input
+
+            self.net = load_classifier(feature_extractor_weights_path or WEIGHTS_PATH)
+            self._to_input = uint8_to_input
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("penultimate", "logits")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"fid": "penultimate", "kid": "penultimate", "prc": "penultimate", "isc": "logits"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+        def forward(self, x):
+            feats = self.net.features(self._to_input(x))
+            out = {"penultimate": feats, "logits": self.net.fc2(torch.relu(feats))}
+            return tuple(out[f] for f in self.features_list)
+
+    register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
+
+
+def find_inception_weights(configured: str) -> Path:
+    """The local Inception file: eval.inception_weights, $BENCH_INCEPTION_WEIGHTS, or torch-fidelity's cache."""
+    from torch.hub import get_dir
+
+    candidates = [configured, os.environ.get("BENCH_INCEPTION_WEIGHTS", "")]
+    cache = Path(get_dir()) / "checkpoints" / INCEPTION_FILE
+    for c in candidates:
+        if c:
+            p = Path(c).expanduser()
+            if not p.is_file():
+                raise BenchError(f"Inception weights file {p} does not exist.")
+            return p.resolve()
+    if cache.is_file():
+        return cache
+    raise BenchError(
+        f"FID on images needs the Inception weights {INCEPTION_FILE} (torch-fidelity's inception-v3-compat); "
+        f"nothing can be downloaded here: set eval.inception_weights or BENCH_INCEPTION_WEIGHTS to the file, "
+        f"or place it at {cache}."
+    )
+
+
+@dataclass
+class FeatureSpace:
+    """A named feature space: `name` (params), `extractor` (torch-fidelity registry name or None
+    for coordinate spaces), `weights_path` and `weights_sha256` (None for coords/raw)."""
+
+    name: str
+    extractor: str | None = None
+    weights_path: Path | None = None
+    weights_sha256: str = "none"
+
+    @classmethod
+    def resolve(cls, requested: str, data_kind: str, data_name: str, inception_weights: str) -> "FeatureSpace":
+        from bench.checkpoint import file_sha256, state_hash
+
+        name = requested
+        if name == "auto":
+            name = {"points": "coords", "vectors": "raw"}.get(data_kind) or (
+                "digits-classifier" if data_name == "digits" else "inception"
+            )
+        if name in ("coords", "raw"):
+            return cls(name)
+        if data_kind != "images":
+            raise BenchError(f"eval.features = {name} needs image data; {data_name} holds {data_kind}.")
+        if name == "digits-classifier":
+            from bench.digits_classifier import WEIGHTS_PATH, load_classifier
+
+            return cls(name, DIGITS_EXTRACTOR, WEIGHTS_PATH, state_hash(load_classifier(WEIGHTS_PATH).state_dict()))
+        path = find_inception_weights(inception_weights)
+        return cls("inception-v3-compat", "inception-v3-compat", path, file_sha256(path))
+
+    def create(self, device: torch.device):
+        """The torch-fidelity extractor module (fid features only), on `device`."""
+        from torch_fidelity.utils import create_feature_extractor
+
+        if self.extractor == DIGITS_EXTRACTOR:
+            _register_digits_extractor()
+        layer = "penultimate" if self.extractor == DIGITS_EXTRACTOR else "2048"
+        try:
+            fe = create_feature_extractor(self.extractor, [layer], cuda=False, verbose=False,
+                                          feature_extractor_weights_path=str(self.weights_path))
+        except Exception as e:
+            raise BenchError(f"Feature extractor {self.name} could not load {self.weights_path}: {e}") from None
+        return fe.to(device)
+
+
+# ----------------------------------------------------------------------------- the generator input
+
+
+def make_generator_input(produce: Callable[[Tensor], Tensor], shape: tuple[int, ...], num_samples: int):
+    """A torch-fidelity GenerativeModelBase: noise z (B, prod(shape)) from torch-fidelity's seeded RNG
+    -> uint8 images (B, 3, H, W) through `produce(x0)`. Labels are drawn inside `produce`
+    (torch-fidelity's conditional path uses np.int, gone from numpy 2)."""
+    from torch_fidelity.generative_model_base import GenerativeModelBase
+
+    class SamplerInput(GenerativeModelBase):
+        def __init__(self):
+            super().__init__()
+            self.produced = 0
+
+        @property
+        def z_size(self):
+            return int(math.prod(shape))
+
+        @property
+        def z_type(self):
+            return "normal"
+
+        @property
+        def num_classes(self):
+            return 0
+
+        def forward(self, z):
+            self.produced += len(z)
+            return produce(z.reshape(len(z), *shape))
+
+    return SamplerInput()
+
+
+class ReferenceImages(torch.utils.data.Dataset):
+    """The real images as uint8 (3, H, W) tensors (torch-fidelity's Dataset input)."""
+
+    def __init__(self, data, batch: int = 256):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, _ = self.data.get(torch.tensor([i]))
+        return self.data.to_uint8(x)[0]
+
+
+def kid_subset_size(n_gen: int, n_ref: int) -> int:
+    return max(2, min(1000, n_gen, n_ref))

@@ -1,0 +1,197 @@
+"""One benchmark run: check inputs, train, evaluate every n, track. Shared by `bench run`, sweeps
+and tests. Everything a user can get wrong is checked before the tracking store is touched."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import checkpoint as ckpt
+from bench.config import Config
+from bench.data import Dataset, load_dataset
+from bench.errors import BenchError, NonFiniteLoss
+from bench.evaluate import EvalResult, Evaluator, save_picture, save_samples
+from bench.models import build_model, count_parameters
+from bench.trainer import Trainer, pick_device
+from methods import get_method
+from methods.base import Method
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    artifact_uri: str
+    checkpoint: Path
+    results: dict[int, dict[str, float]] = field(default_factory=dict)  # n -> metrics
+
+
+@dataclass
+class Prepared:
+    """Everything checked and built before anything is written."""
+
+    cfg: Config
+    device: torch.device
+    data: Dataset
+    evaluator: Evaluator
+    method: Method
+    model: torch.nn.Module
+
+
+def checkpoint_dir(run_id: str) -> Path:
+    from bench.tracking import store_root
+
+    return store_root() / "checkpoints" / run_id
+
+
+def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None = None) -> Prepared:
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    data = load_dataset(cfg.data)
+    from bench.tracking import store_root
+
+    evaluator = Evaluator(cfg, data, device, store_root() / "cache", progress=progress)
+    method_cls = get_method(cfg.method_name)
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg.model, data.shape, data.num_classes)
+    return Prepared(cfg, device, data, evaluator, method_cls(cfg.method, data.num_classes, teacher), model)
+
+
+def run_params(p: Prepared) -> dict[str, Any]:
+    passes = p.method.passes_per_step(p.cfg.train.batch_size)
+    return {
+        **p.cfg.flat(),
+        **p.evaluator.params(),
+        "data.name": p.data.name,
+        "data.size": len(p.data),
+        "data.shape": "x".join(map(str, p.data.shape)),
+        "data.num_classes": p.data.num_classes,
+        "data.fingerprint": p.data.fingerprint(),
+        "model.parameters": count_parameters(p.model),
+        "device": str(p.device),
+        "budget.train_steps": p.cfg.train.steps,
+        "budget.train_examples": p.cfg.train.steps * p.cfg.train.batch_size,
+        **{f"budget.{k}_per_step": v for k, v in passes.items()},
+        "eval.sampling_steps": ",".join(map(str, p.cfg.sampling_steps())),
+    }
+
+
+def execute(
+    cfg: Config,
+    experiment: str | None = None,
+    *,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    run_name: str = "",
+    extra_tags: dict[str, str] | None = None,
+    extra_params: dict[str, Any] | None = None,
+    progress: bool = True,
+    teacher: torch.nn.Module | None = None,
+    echo=print,
+) -> RunOutcome:
+    """Train and evaluate one configuration; returns the metrics per number of sampling steps."""
+    from bench.tracking import Tracker, check_reachable, git_commit, tracking_uri
+
+    experiment = experiment or cfg.profile
+    p = prepare(cfg, progress=progress, teacher=teacher)
+    if p.evaluator.space.extractor is not None:
+        p.evaluator.extractor()  # load the feature extractor now: missing weights fail before training
+    uri = tracking_uri()
+    check_reachable(uri)
+
+    resume_state = None
+    if resume_run_id:
+        path = checkpoint_dir(resume_run_id) / "last.pt"
+        resume_state = ckpt.load(path)
+        if resume_state.get("config") != cfg.to_dict():
+            raise BenchError(f"Run {resume_run_id} was started with another configuration; resume it without new overrides.")
+
+    tracker = Tracker(
+        experiment,
+        run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
+        tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
+              "git_commit": git_commit(), **(extra_tags or {})},
+        parent_run_id=parent_run_id,
+        resume_run_id=resume_run_id,
+        uri=uri,
+    )
+    status = "FAILED"
+    try:
+        tracker.log_params({**run_params(p), **(extra_params or {})})
+        ckpt_path = checkpoint_dir(tracker.run_id) / "last.pt"
+        with tempfile.TemporaryDirectory() as tmp:
+            config_file = Path(tmp) / "config.json"
+            config_file.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+            tracker.log_artifact(config_file)
+
+        def evaluate_during(step: int) -> None:
+            for n in cfg.sampling_steps():
+                r = p.evaluator.evaluate(p.method, trainer.ema, n)
+                tracker.log_metrics({f"during/{k}_n{n}": v for k, v in r.metrics.items()}, step)
+
+        trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path,
+                          log=tracker.log_metrics, evaluate=evaluate_during,
+                          checkpoint_extra=lambda: {"mlflow_run_id": tracker.run_id}, progress=progress)
+        if resume_state is not None:
+            trainer.load_state_dict(resume_state)
+            echo(f"resuming run {tracker.run_id} at step {trainer.step}/{cfg.train.steps} from {ckpt_path}")
+        trainer.fit()
+        final = ckpt_path.parent / "final.pt"
+        ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
+                   "method": p.method.state_dict(), "step": trainer.step,
+                   "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
+        tracker.log_artifact(final, "checkpoint")
+        results = evaluate_all(p, trainer.ema, tracker, progress=progress, echo=echo)
+        status = "FINISHED"
+        return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, ckpt_path, results)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = True, echo=print) -> dict[int, dict[str, float]]:
+    """Every n in the config's sampling steps: metrics (step = n), samples and a picture as artifacts."""
+    from tqdm import tqdm
+
+    results: dict[int, dict[str, float]] = {}
+    ref = p.evaluator.reference_features() if p.data.kind == "points" else None
+    steps = p.cfg.sampling_steps()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in tqdm(steps, desc="evaluate", unit="n", disable=not progress):
+            r: EvalResult = p.evaluator.evaluate(p.method, ema, n)
+            tracker.log_metrics(r.metrics, step=n)
+            results[n] = r.metrics
+            r.samples = r.samples[: p.cfg.eval.save_samples]
+            r.labels = r.labels[: p.cfg.eval.save_samples] if r.labels is not None else None
+            tracker.log_artifact(save_samples(r, Path(tmp) / f"steps_{n}.npz"), "samples")
+            kind = "grids" if p.data.kind == "images" else "scatter"
+            tracker.log_artifact(save_picture(r, p.data, Path(tmp) / f"steps_{n}.png", ref), kind)
+    return results
+
+
+def format_table(results: dict[int, dict[str, float]]) -> str:
+    """Metrics against sampling steps as a fixed-width text table."""
+    keys = [k for k in ("fid", "kid", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
+            if any(k in m for m in results.values())]
+    head = f"{'steps':>6} " + " ".join(f"{k:>10}" for k in keys)
+    lines = [head, "-" * len(head)]
+    for n in sorted(results):
+        row = []
+        for k in keys:
+            v = results[n].get(k, math.nan)
+            row.append(f"{v:>10.4g}" if k not in ("modes_hit", "nfe") else f"{v:>10g}")
+        lines.append(f"{n:>6} " + " ".join(row))
+    return "\n".join(lines)
+
+
+

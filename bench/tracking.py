@@ -1,0 +1,158 @@
+"""The MLflow adapter: one run per training run, evaluation metrics logged with
+step = number of sampling steps (so MLflow's own chart of `fid` is the FID-vs-steps curve).
+
+Embedded default: a SQLite file under results/store/ (ignored by git). MLFLOW_TRACKING_URI
+overrides, as everywhere in MLflow. Uses MlflowClient only (no global active run), so several
+runs, Ray trials and tests can share a process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+STORE_ENV = "BENCH_STORE"
+
+
+def store_root() -> Path:
+    """Where the embedded store, checkpoints and caches live: $BENCH_STORE or ./results/store."""
+    return Path(os.environ.get(STORE_ENV) or Path.cwd() / "results" / "store").resolve()
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{store_root() / 'mlflow.db'}"  # sqlite:/// + /abs/path = four slashes
+
+
+def is_local_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """One sentence, before anything is written, when a tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise BenchError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}).") from None
+    elif is_local_sqlite(uri):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.parent.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BenchError(f"Cannot create the tracking store folder {path.parent}: {e.strerror}.") from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise BenchError(f"Tracking URI {uri} is a plain file store; MLflow keeps it in maintenance mode: use sqlite:////abs/path/mlflow.db or a server.")
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("-dirty" if dirty else "")
+
+
+def client(uri: str | None = None):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(name: str, uri: str | None = None) -> str:
+    """The experiment's id, creating it (with an explicit artifact location for the embedded store)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise BenchError(f"MLflow experiment {name!r} is deleted; restore it or pick another --experiment.")
+        return exp.experiment_id
+    uri = uri or tracking_uri()
+    location = None
+    if is_local_sqlite(uri):
+        location = (Path(uri[len("sqlite:///"):]).parent / "artifacts" / name).resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Tracker:
+    """One MLflow run. `resume_run_id` continues an existing run: points at steps already
+    logged for a metric are skipped, so a resumed run has no duplicate points."""
+
+    def __init__(self, experiment: str, run_name: str = "", tags: dict[str, str] | None = None,
+                 parent_run_id: str | None = None, resume_run_id: str | None = None, uri: str | None = None):
+        self.uri = uri or tracking_uri()
+        self.client = client(self.uri)
+        self.experiment_id = ensure_experiment(experiment, self.uri)
+        self._last_step: dict[str, int] = {}
+        if resume_run_id:
+            run = self.client.get_run(resume_run_id)
+            self.run_id = resume_run_id
+            for key in run.data.metrics:
+                hist = self.client.get_metric_history(resume_run_id, key)
+                if hist:
+                    self._last_step[key] = max(m.step for m in hist)
+            self.client.update_run(resume_run_id, status="RUNNING")
+        else:
+            tags = dict(tags or {})
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name or None)
+            self.run_id = run.info.run_id
+        self.artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = []
+        for k, v in values.items():
+            if step <= self._last_step.get(k, -1):
+                continue  # already in the store from before a resume
+            items.append(Metric(k, float(v), now, int(step)))
+            self._last_step[k] = step
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def describe(self) -> str:
+        return f"run {self.run_id} in experiment {self.experiment_id} at {self.uri}"

@@ -1,0 +1,26 @@
+"""The method registry: one file per method, each behind `methods.base.Method`."""
+
+from __future__ import annotations
+
+from bench.errors import BenchError
+from methods.base import Batch, Method, MethodOptions, Targets
+from methods.flow_matching import FlowMatching
+from methods.shortcut import Shortcut
+
+METHODS: dict[str, type[Method]] = {
+    FlowMatching.name: FlowMatching,
+    Shortcut.name: Shortcut,
+}
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise BenchError(f"Unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}.{hint}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Batch", "Method", "MethodOptions", "Targets", "get_method"]

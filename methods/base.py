@@ -1,0 +1,141 @@
+"""The method interface: what the one trainer and the one sampler call.
+
+Conventions (../shared/METHODS.md): time runs from noise (t = 0, x0 ~ N(0, I)) to data
+(t = 1, x1); x_t = (1 - t) x0 + t x1; the network f(x, t, d, y) is the direction such that
+x_t + d f lands at x_{t+d}; y = null (index num_classes) is the unconditional token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import BenchError
+
+
+@dataclass
+class Batch:
+    """One training batch after the shared preparation (label dropout already applied).
+
+    x1: (B, *shape) data; x0: (B, *shape) noise; y: (B,) long labels, null_class where dropped
+    or unconditional.
+    """
+
+    x1: Tensor
+    x0: Tensor
+    y: Tensor
+    null_class: int
+
+
+@dataclass
+class Targets:
+    """What the trainer regresses: model(x_t, t, d, y) ~ target (plain MSE).
+
+    x_t: (B, *shape); t, d: (B,) float; y: (B,) long; target: (B, *shape).
+    info: scalar diagnostics (loss split, magnitudes), detached.
+    """
+
+    x_t: Tensor
+    t: Tensor
+    d: Tensor
+    y: Tensor
+    target: Tensor
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class MethodOptions:
+    """Options every method has. Subclasses add their own keys (config section `method`)."""
+
+    M: int = 128  # smallest step unit: d in {1, 1/2, ..., 1/M}; a power of two
+    cfg_scale: float = 1.0  # classifier-free guidance scale w (1 = none); see each method for when it applies
+
+    def validate(self) -> None:
+        """Raise BenchError for values this method cannot use."""
+
+
+class Method:
+    """Base class. A method builds training targets and takes one of n sampling steps.
+
+    Every method trains ONE network with MSE against `targets(...)`; it never loads files:
+    a teacher, when it needs one, is handed over as a frozen module.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    needs_teacher: ClassVar[bool] = False  # a frozen flow-matching teacher in `teacher=`
+    stochastic_sampler: ClassVar[bool] = False  # sample_step draws fresh noise
+
+    def __init__(self, opts: MethodOptions, num_classes: int, teacher: nn.Module | None = None):
+        self.opts = opts
+        self.num_classes = num_classes
+        self.null_class = num_classes  # the CFG token
+        self.teacher = teacher
+
+    # -- training -------------------------------------------------------------------
+    def targets(self, model: nn.Module, ema: nn.Module, batch: Batch, step: int, generator: torch.Generator) -> Targets:
+        raise NotImplementedError
+
+    def on_step_end(self, step: int, model: nn.Module, ema: nn.Module) -> None:
+        """Called after the optimiser and EMA update of `step` (teacher refresh, curricula)."""
+
+    def passes_per_step(self, batch_size: int) -> dict[str, float]:
+        """Rows through the network per training step: forward with grad, backward, and no-grad."""
+        return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 0}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that a checkpoint must carry (stage, teacher copy, ...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- sampling -------------------------------------------------------------------
+    def sample_step(
+        self, model: nn.Module, x: Tensor, t: float, num_sampling_steps: int, y: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """One of the n Euler steps from time t to t + 1/n; returns the new x (same shape)."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- shared math
+
+
+def bshape(v: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, ...) so it broadcasts against `like`."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+    """The linear path x_t = (1 - t) x0 + t x1, t: (B,)."""
+    tb = bshape(t, x0)
+    return (1 - tb) * x0 + tb * x1
+
+
+def grid_times(batch_size: int, num_cells: Tensor | int, generator: torch.Generator, device) -> Tensor:
+    """t uniform on {0, 1/c, ..., (c-1)/c} per row, c = num_cells (int or (B,) long)."""
+    c = torch.as_tensor(num_cells, device=device).expand(batch_size)
+    u = torch.rand(batch_size, generator=generator, device=device)
+    return torch.floor(u * c) / c
+
+
+def velocity(model: nn.Module, x: Tensor, t: Tensor, d: Tensor, y: Tensor, cfg_scale: float, null_class: int) -> Tensor:
+    """f(x, t, d, y), guided as v_u + w (v_c - v_u) when w != 1 (one batched call on 2B rows)."""
+    if cfg_scale == 1.0:
+        return model(x, t, d, y)
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]), torch.cat([y, torch.full_like(y, null_class)]))
+    v_c, v_u = both.chunk(2)
+    return v_u + cfg_scale * (v_c - v_u)
+
+
+def full(value: float, like: Tensor) -> Tensor:
+    """(B,) tensor of `value` on like's device."""
+    return torch.full((like.shape[0],), float(value), device=like.device, dtype=like.dtype)
+
+
+def check_fraction(name: str, value: float, low_open: bool = True) -> None:
+    if not (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0):
+        raise BenchError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value}.")

@@ -1,0 +1,114 @@
+"""Shortcut models (Frans, Hafner, Levine, Abbeel, ICLR 2025).
+
+One network s(x_t, t, d) trained on two targets in every batch:
+- (1 - k) B flow-matching rows: v = x1 - x0 at t on the 1/M grid, queried at the flow d;
+- k B self-consistency rows: s(x_t, t, 2d) = sg((s(x_t, t, d) + s(x'_{t+d}, t + d, d)) / 2),
+  x'_{t+d} = x_t + d s(x_t, t, d), with 2d in {1, 1/2, ..., 2/M} uniform over levels and t on
+  the grid of multiples of 2d. Small steps of size 1/M are flow queries; with CFG they use
+  guided velocities at the training-time scale w ("bootstrap CFG").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError
+from methods.base import Batch, Method, MethodOptions, Targets, bshape, check_fraction, full, grid_times, interpolate, velocity
+
+
+@dataclass
+class ShortcutOptions(MethodOptions):
+    k: float = 0.25  # bootstrap_fraction: share of each batch on self-consistency targets (paper 1/4, authors' code 1/8)
+    bootstrap_ema: bool = True  # build self-consistency targets with the EMA weights
+    clip: float = 4.0  # clip the intermediate point and the target to [-clip, clip] (0 = off)
+    flow_d: str = "zero"  # d fed to flow-matching queries: "zero" (paper) or "min" (1/M, authors' code)
+
+    def validate(self) -> None:
+        check_fraction("method.k", self.k)
+        if self.flow_d not in ("zero", "min"):
+            raise BenchError(f"method.flow_d must be zero or min, got {self.flow_d!r}.")
+        if self.clip < 0:
+            raise BenchError(f"method.clip must be >= 0, got {self.clip}.")
+
+
+class Shortcut(Method):
+    """Sampling with n steps: Euler at d = 1/n; at n = M the flow query with CFG at scale w."""
+
+    name = "shortcut"
+    Options = ShortcutOptions
+
+    @property
+    def flow_d(self) -> float:
+        return 0.0 if self.opts.flow_d == "zero" else 1.0 / self.opts.M
+
+    def num_bootstrap_rows(self, batch_size: int) -> int:
+        return int(round(batch_size * self.opts.k)) if self.opts.M > 1 else 0
+
+    def _clip(self, v):
+        return v.clamp(-self.opts.clip, self.opts.clip) if self.opts.clip > 0 else v
+
+    def _small_step(self, net, x, t, d, y):
+        """s(x, t, d) for the two half steps; rows with d = 1/M are flow queries (guided with CFG)."""
+        is_flow = d <= 1.0 / self.opts.M + 1e-12
+        d_query = torch.where(is_flow, torch.full_like(d, self.flow_d), d)
+        if self.opts.cfg_scale == 1.0 or self.num_classes == 0:
+            return net(x, t, d_query, y)
+        guided = velocity(net, x, t, d_query, y, self.opts.cfg_scale, self.null_class)
+        plain = net(x, t, d_query, y)
+        return torch.where(bshape(is_flow, x), guided, plain)
+
+    def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
+        x0, x1, y = batch.x0, batch.x1, batch.y
+        B, dev, M = x1.shape[0], x1.device, self.opts.M
+        nb = self.num_bootstrap_rows(B)
+
+        # flow-matching rows
+        t_f = grid_times(B - nb, M, generator, dev)
+        d_f = torch.full_like(t_f, self.flow_d)
+        x_f = interpolate(x0[nb:], x1[nb:], t_f)
+        v_f = x1[nb:] - x0[nb:]
+
+        # self-consistency rows: level j -> d_big = 2^-j in {1, ..., 2/M}, t on multiples of d_big
+        j = torch.randint(0, int(math.log2(M)), (nb,), generator=generator, device=dev)
+        cells = 2**j
+        d_big = 1.0 / cells.to(x1.dtype)
+        t_b = grid_times(nb, cells, generator, dev)
+        d_half = d_big / 2
+        x_b = interpolate(x0[:nb], x1[:nb], t_b)
+        with torch.no_grad():
+            net = ema if self.opts.bootstrap_ema else model
+            s1 = self._small_step(net, x_b, t_b, d_half, y[:nb])
+            x_mid = self._clip(x_b + bshape(d_half, x_b) * s1)
+            s2 = self._small_step(net, x_mid, t_b + d_half, d_half, y[:nb])
+            v_b = self._clip((s1 + s2) / 2)
+
+        groups = torch.zeros(B, dtype=torch.bool, device=dev)
+        groups[:nb] = True
+        return Targets(
+            x_t=torch.cat([x_b, x_f]),
+            t=torch.cat([t_b, t_f]),
+            d=torch.cat([d_big, d_f]),
+            y=y,
+            target=torch.cat([v_b, v_f]),
+            info={"row_group/bootstrap": groups, "row_group/flow": ~groups},
+        )
+
+    def passes_per_step(self, batch_size: int) -> dict[str, float]:
+        nb = self.num_bootstrap_rows(batch_size)
+        # two half steps; with bootstrap CFG each is a guided (2-row) call plus a conditional one
+        rows_per_query = 3 if (self.opts.cfg_scale != 1.0 and self.num_classes > 0) else 1
+        nograd = 2 * nb * rows_per_query
+        return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": nograd}
+
+    def sample_step(self, model, x, t, num_sampling_steps, y, generator):
+        n = num_sampling_steps
+        if n == self.opts.M:
+            d, w = self.flow_d, self.opts.cfg_scale
+        else:
+            d, w = 1.0 / n, 1.0
+        tt = full(t, x)
+        v = velocity(model, x, tt, full(d, x), y, w, self.null_class)
+        return x + v / n
