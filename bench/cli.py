@@ -31,18 +31,36 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed (training and evaluation noise)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="MLflow experiment (default: the profile name)."),
     config: Optional[Path] = typer.Option(None, "--config", help="bench.toml to read (default: ./bench.toml or the checkout's)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this MLflow run id from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this configuration from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train one method, evaluate it at n = 1, 2, 4, ..., M sampling steps, and track everything in MLflow."""
     from bench.config import resolve
 
     cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
-    from bench.run import execute, format_table
+    from bench.run import execute, find_unfinished_run
 
+    run_id = None
     if resume:
-        cfg = _config_of_run(resume, cfg)
-    out = execute(cfg, experiment, resume_run_id=resume, progress=not quiet)
+        run_id = find_unfinished_run(cfg, experiment or cfg.profile)
+    _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=not quiet))
+
+
+@app.command()
+def resume(
+    run_id: str = typer.Argument(..., help="MLflow run id of an interrupted run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Continue an interrupted run from its last checkpoint, in the same MLflow run."""
+    from bench.run import config_of_run, execute
+
+    cfg, experiment = config_of_run(run_id)
+    _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=not quiet))
+
+
+def _print_outcome(cfg, out) -> None:
+    from bench.run import format_table
+
     typer.echo(f"\n{cfg.method_name} on {cfg.data.spec} (profile {cfg.profile}, seed {cfg.seed}, "
                f"{cfg.eval.num_samples} samples per n)")
     typer.echo(format_table(out.results))
@@ -50,16 +68,6 @@ def run(
     typer.echo(f"artifacts: {out.artifact_uri}")
     typer.echo(f"checkpoint: {out.checkpoint}")
     typer.echo(f"plots and tables: bench report --experiment {out.experiment}")
-
-
-def _config_of_run(run_id: str, cfg):
-    """A resumed run uses the configuration stored in its checkpoint."""
-    from bench import checkpoint as ckpt
-    from bench.config import Config
-    from bench.run import checkpoint_dir
-
-    state = ckpt.load(checkpoint_dir(run_id) / "last.pt")
-    return Config.from_dict(state["config"])
 
 
 @app.command()

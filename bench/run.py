@@ -51,6 +51,40 @@ def checkpoint_dir(run_id: str) -> Path:
     return store_root() / "checkpoints" / run_id
 
 
+def config_hash(cfg: Config) -> str:
+    """Identifies a configuration (tag `config_hash`): `--resume` finds runs by it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_unfinished_run(cfg: Config, experiment: str) -> str:
+    """The newest run of this configuration in `experiment` that did not finish and has a checkpoint."""
+    from bench.tracking import client, tracking_uri
+
+    c = client(tracking_uri())
+    exp = c.get_experiment_by_name(experiment)
+    runs = [] if exp is None else c.search_runs(
+        [exp.experiment_id], f"tags.config_hash = '{config_hash(cfg)}'", order_by=["attributes.start_time DESC"])
+    for r in runs:
+        if r.info.status != "FINISHED" and (checkpoint_dir(r.info.run_id) / "last.pt").is_file():
+            return r.info.run_id
+    raise BenchError(f"No unfinished run of this configuration with a checkpoint in experiment {experiment!r}; nothing to resume.")
+
+
+def config_of_run(run_id: str) -> tuple[Config, str]:
+    """The configuration and experiment name of a run, from its last checkpoint and the store."""
+    from bench.tracking import client, tracking_uri
+
+    state = ckpt.load(checkpoint_dir(run_id) / "last.pt")
+    c = client(tracking_uri())
+    try:
+        run = c.get_run(run_id)
+    except Exception:
+        raise BenchError(f"Run {run_id} is not in the tracking store {tracking_uri()}.") from None
+    return Config.from_dict(state["config"]), c.get_experiment(run.info.experiment_id).name
+
+
 def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None = None) -> Prepared:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -118,7 +152,7 @@ def execute(
         experiment,
         run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
         tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
-              "git_commit": git_commit(), **(extra_tags or {})},
+              "git_commit": git_commit(), "config_hash": config_hash(cfg), **(extra_tags or {})},
         parent_run_id=parent_run_id,
         resume_run_id=resume_run_id,
         uri=uri,
