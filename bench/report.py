@@ -1,0 +1,146 @@
+"""`bench report`: reads ONLY the tracking store and writes, per experiment,
+fid_vs_steps.png (seaborn, x = sampling steps on a log2 axis, one line per method or swept
+value, spread over seeds), metrics.csv (one row per run, metric and step) and table.md
+(FID at M, 4 and 1 steps, the paper's layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
+SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
+
+
+def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
+    """One row per (finished run, metric, sampling steps) of `experiment`."""
+    from bench.tracking import client, tracking_uri
+
+    c = client(uri or tracking_uri())
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise BenchError(f"No experiment {experiment!r} in the tracking store {uri or tracking_uri()}.")
+    rows = []
+    for run in c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50_000):
+        tags, params = run.data.tags, run.data.params
+        if tags.get("bench.role") == "teacher":
+            continue  # teachers trained inside a distillation run are reported by their student
+        swept = [k for k in tags.get(SWEEP_TAG, "").split(",") if k]
+        base = {
+            "run_id": run.info.run_id,
+            "method": tags.get("method", params.get("method", "?")),
+            "dataset": tags.get("dataset", params.get("data.spec", "?")),
+            "profile": tags.get("profile", params.get("profile", "?")),
+            "seed": int(params.get("seed", tags.get("seed", 0))),
+            "num_samples": int(params.get("eval.num_samples", 0)),
+            "feature_space": params.get("eval.feature_space", "?"),
+            "swept": ",".join(swept),
+            "train_examples": float(params.get("budget.train_examples", "nan")),
+            "teacher_examples": float(params.get("budget.teacher_examples", 0) or 0),
+        }
+        for k in swept:
+            base[k] = params.get(k)
+        for key in EVAL_METRICS:
+            if key not in run.data.metrics:
+                continue
+            for m in c.get_metric_history(run.info.run_id, key):
+                rows.append({**base, "steps": int(m.step), "metric": key, "value": float(m.value)})
+    return pd.DataFrame(rows)
+
+
+def hue_column(df: pd.DataFrame) -> str:
+    """Colour by method, or by the swept key when the experiment is one method's sweep."""
+    swept = [s for s in df["swept"].unique() if s]
+    if len(swept) == 1 and df["method"].nunique() == 1 and "," not in swept[0]:
+        return swept[0]
+    return "method"
+
+
+def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from bench.checkpoint import atomic_write
+
+    fid = df[df["metric"] == "fid"].copy()
+    hue = hue_column(df)
+    order = sorted(fid[hue].unique(), key=_sort_key)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    sns.lineplot(data=fid, x="steps", y="value", hue=hue, hue_order=order, marker="o", errorbar="sd", ax=ax)
+    ax.set_xscale("log", base=2)
+    steps = sorted(fid["steps"].unique())
+    ax.set_xticks(steps)
+    ax.set_xticklabels([str(s) for s in steps])
+    ax.set_yscale("log")
+    space = ", ".join(sorted(fid["feature_space"].unique()))
+    runs = fid.groupby(hue)["run_id"].nunique().max()
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"FID ({space} features)")
+    ax.set_title(f"{title}: {fid['num_samples'].max()} samples per point, up to {runs} run(s) per line")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _sort_key(v):
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
+def fid_table(df: pd.DataFrame) -> str:
+    """Markdown: rows = method (or swept value), columns = FID at M, 4 and 1 steps (mean over seeds)."""
+    fid = df[df["metric"] == "fid"]
+    hue = hue_column(df)
+    M = int(fid["steps"].max())
+    cols = [s for s in (M, 4, 1) if s in set(fid["steps"])]
+    lines = [f"| {hue} | " + " | ".join(f"{s} step{'s' if s > 1 else ''}" for s in cols) + " | seeds |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for key in sorted(fid[hue].unique(), key=_sort_key):
+        sub = fid[fid[hue] == key]
+        vals = []
+        for s in cols:
+            v = sub[sub["steps"] == s]["value"]
+            vals.append(f"{v.mean():.4g}" + (f" ± {v.std():.2g}" if len(v) > 1 else ""))
+        lines.append(f"| {key} | " + " | ".join(vals) + f" | {sub['seed'].nunique()} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(experiment: str, out: Path | None = None, uri: str | None = None) -> list[Path]:
+    from bench.checkpoint import atomic_write
+
+    df = collect(experiment, uri)
+    if df.empty:
+        raise BenchError(f"Experiment {experiment!r} has no finished runs with evaluation metrics.")
+    out = Path(out) if out else Path.cwd() / "results" / experiment
+    out.mkdir(parents=True, exist_ok=True)
+    df = df.sort_values(["method", "seed", "run_id", "metric", "steps"]).reset_index(drop=True)
+    written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(df.to_csv(index=False).encode()))]
+    written.append(plot_fid_vs_steps(df, out / "fid_vs_steps.png", experiment))
+    written.append(atomic_write(out / "table.md", lambda fh: fh.write(fid_table(df).encode())))
+    return written
+
+
+def write_reports(experiments: list[str] | None, out: Path | None = None) -> list[Path]:
+    """Every named experiment (default: every experiment with runs) under out/<experiment>/."""
+    from bench.tracking import client, tracking_uri
+
+    if not experiments:
+        c = client(tracking_uri())
+        experiments = [e.name for e in c.search_experiments() if c.search_runs([e.experiment_id], max_results=1)]
+        if not experiments:
+            raise BenchError(f"The tracking store {tracking_uri()} has no runs to report.")
+    written: list[Path] = []
+    for name in experiments:
+        target = (Path(out) / name) if (out and len(experiments) > 1) else out
+        written += write_report(name, target)
+    return written
