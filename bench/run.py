@@ -96,7 +96,7 @@ def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None 
     method_cls = get_method(cfg.method_name)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg.model, data.shape, data.num_classes)
-    return Prepared(cfg, device, data, evaluator, method_cls(cfg.method, data.num_classes, teacher), model)
+    return Prepared(cfg, device, data, evaluator, method_cls(cfg.method, data.num_classes, teacher, train_steps=cfg.train.steps), model)
 
 
 def run_params(p: Prepared) -> dict[str, Any]:
@@ -136,6 +136,11 @@ def execute(
 
     experiment = experiment or cfg.profile
     p = prepare(cfg, progress=progress, teacher=teacher)
+    teacher_plan = None
+    if p.method.needs_teacher:  # check a given teacher now; train one (nested run) once this run exists
+        from bench.teachers import TeacherPlan
+
+        teacher_plan = TeacherPlan.check(p, teacher)
     if p.evaluator.space.extractor is not None:
         p.evaluator.extractor()  # load the feature extractor now: missing weights fail before training
     uri = tracking_uri()
@@ -159,6 +164,8 @@ def execute(
     )
     status = "FAILED"
     try:
+        if teacher_plan is not None:
+            extra_params = {**teacher_plan.provide(p, tracker, experiment, progress, echo), **(extra_params or {})}
         tracker.log_params({**run_params(p), **(extra_params or {})})
         ckpt_path = checkpoint_dir(tracker.run_id) / "last.pt"
         with tempfile.TemporaryDirectory() as tmp:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from bench.errors import BenchError
 from methods.base import Batch, Method, MethodOptions, Targets
+from methods.consistency import ConsistencyDistillation, ConsistencyTraining
 from methods.flow_matching import FlowMatching
+from methods.meanflow import MeanFlow
+from methods.progressive import Progressive
+from methods.reflow import LiveReflow, Reflow
 from methods.shortcut import Shortcut
 
 METHODS: dict[str, type[Method]] = {
     FlowMatching.name: FlowMatching,
     Shortcut.name: Shortcut,
+    Progressive.name: Progressive,
+    ConsistencyTraining.name: ConsistencyTraining,
+    ConsistencyDistillation.name: ConsistencyDistillation,
+    Reflow.name: Reflow,
+    LiveReflow.name: LiveReflow,
+    MeanFlow.name: MeanFlow,
 }
 
 

@@ -69,11 +69,14 @@ class Method:
     needs_teacher: ClassVar[bool] = False  # a frozen flow-matching teacher in `teacher=`
     stochastic_sampler: ClassVar[bool] = False  # sample_step draws fresh noise
 
-    def __init__(self, opts: MethodOptions, num_classes: int, teacher: nn.Module | None = None):
+    init_from_teacher: ClassVar[bool] = False  # the student starts as a copy of the teacher's weights
+
+    def __init__(self, opts: MethodOptions, num_classes: int, teacher: nn.Module | None = None, train_steps: int = 0):
         self.opts = opts
         self.num_classes = num_classes
         self.null_class = num_classes  # the CFG token
         self.teacher = teacher
+        self.train_steps = train_steps  # train.steps: curricula and stages are pure functions of (step, train_steps)
 
     # -- training -------------------------------------------------------------------
     def targets(self, model: nn.Module, ema: nn.Module, batch: Batch, step: int, generator: torch.Generator) -> Targets:

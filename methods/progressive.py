@@ -1,0 +1,136 @@
+"""Progressive distillation (Salimans and Ho, ICLR 2022), in flow form.
+
+log2(M) stages, each an equal share of train.steps. At stage i the teacher takes two steps of
+size d = 2^(i-1) / M and the student learns one step of size 2d:
+  target = sg((v1 + v2) / 2), v1 = T(x_t, t, d), v2 = T(x_t + d v1, t + d, d),
+with t on the grid of multiples of 2d and the student queried at (x_t, t, 2d). Stage 1's teacher
+is the flow-matching teacher (queried at d = 0, its only query); after each stage the teacher
+becomes a frozen copy of the student. The student starts as a copy of the flow teacher.
+Sampling: Euler with d = 1/n (CFG at scale w, when w != 1, at every step).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from methods.base import Batch, Method, MethodOptions, Targets, full, grid_times, interpolate, velocity
+
+
+def num_stages(M: int) -> int:
+    return int(math.log2(M))
+
+
+def stage_of_step(step: int, train_steps: int, M: int) -> int:
+    """The stage (1 .. log2 M) that training step `step` (0-based) belongs to; equal shares of train_steps."""
+    K = num_stages(M)
+    if train_steps <= 0:
+        return K
+    return min(step * K // train_steps, K - 1) + 1
+
+
+def teacher_step_size(stage: int, M: int) -> float:
+    """d of the teacher's two steps at `stage`: 1/M, 2/M, ..., 1/2 (the student learns 2d)."""
+    return 2 ** (stage - 1) / M
+
+
+@dataclass
+class ProgressiveOptions(MethodOptions):
+    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+    refresh_from: str = "ema"  # student weights that become the next stage's teacher: "ema" or "model"
+
+    def validate(self) -> None:
+        if self.M < 2:
+            raise BenchError(f"progressive distillation needs M >= 2 (log2 M stages), got M = {self.M}.")
+        if self.refresh_from not in ("ema", "model"):
+            raise BenchError(f"method.refresh_from must be ema or model, got {self.refresh_from!r}.")
+
+
+class Progressive(Method):
+    """Progressive distillation of a flow teacher into a 1-step model over log2(M) stages."""
+
+    name = "progressive"
+    Options = ProgressiveOptions
+    needs_teacher = True
+    init_from_teacher = True
+
+    sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stage_teacher: nn.Module | None = None  # frozen copy of the student; None while stage 1's teacher is in use
+        self._pending: dict | None = None  # stage-teacher weights loaded before any teacher module exists (sampling only)
+
+    def stage(self, step: int) -> int:
+        return stage_of_step(step, self.train_steps, self.opts.M)
+
+    def current_teacher(self) -> nn.Module:
+        if self._pending is not None and self.teacher is not None:
+            weights, self._pending = self._pending, None
+            self.load_state_dict({"stage_teacher": weights})
+        if self._stage_teacher is not None:
+            return self._stage_teacher
+        if self.teacher is None:
+            raise BenchError("progressive distillation needs a teacher (set teacher=RUN_ID or a checkpoint path).")
+        return self.teacher
+
+    def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
+        x0, x1, y = batch.x0, batch.x1, batch.y
+        B, dev, M = x1.shape[0], x1.device, self.opts.M
+        stage = self.stage(step)
+        d = teacher_step_size(stage, M)
+        t = grid_times(B, M // 2**stage, generator, dev)  # multiples of 2d = 2^stage / M
+        x_t = interpolate(x0, x1, t)
+        d_query = full(0.0 if self._stage_teacher is None else d, x_t)  # the flow teacher's only query is d = 0
+        T = self.current_teacher()
+        with torch.no_grad():
+            v1 = T(x_t, t, d_query, y)
+            v2 = T(x_t + d * v1, t + d, d_query, y)
+            target = (v1 + v2) / 2
+        return Targets(x_t=x_t, t=t, d=full(2 * d, x_t), y=y, target=target,
+                       info={"stage": torch.tensor(float(stage), device=dev)})
+
+    def on_step_end(self, step, model, ema) -> None:
+        done = step + 1  # steps completed
+        if done < self.train_steps and self.stage(done) != self.stage(step):
+            self.refresh_teacher(ema if self.opts.refresh_from == "ema" else model)
+
+    def refresh_teacher(self, student: nn.Module) -> None:
+        """The next stage's teacher: a frozen copy of the student's weights."""
+        if self._stage_teacher is None:
+            self._stage_teacher = copy.deepcopy(student)
+        self._stage_teacher.load_state_dict(student.state_dict())
+        self._stage_teacher.requires_grad_(False).eval()
+
+    def state_dict(self):
+        if self._stage_teacher is None:
+            return {"stage_teacher": self._pending}
+        return {"stage_teacher": self._stage_teacher.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        weights = state.get("stage_teacher")
+        if weights is None:
+            self._stage_teacher = None
+            return
+        if self._stage_teacher is None:
+            if self.teacher is None:  # e.g. evaluating a checkpoint: the stage teacher is not needed to sample
+                self._pending = weights
+                return
+            self._stage_teacher = copy.deepcopy(self.teacher)
+        self._stage_teacher.load_state_dict(weights)
+        self._stage_teacher.requires_grad_(False).eval()
+
+    def passes_per_step(self, batch_size: int) -> dict[str, float]:
+        return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 2 * batch_size}
+
+    def sample_step(self, model, x, t, num_sampling_steps, y, generator):
+        n = num_sampling_steps
+        tt = full(t, x)
+        v = velocity(model, x, tt, full(1.0 / n, x), y, self.opts.cfg_scale, self.null_class)
+        return x + v / n
+

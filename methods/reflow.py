@@ -1,0 +1,162 @@
+"""Reflow (Liu, Gong, Liu, ICLR 2023) and live reflow (a baseline of the shortcut paper).
+
+Reflow, two stages: the flow teacher (stage 1) maps noise x0 to x1_hat with M Euler steps; the
+student (copied from the teacher) then flow-matches on the pairs (x0, x1_hat): target x1_hat - x0
+at x_t = (1 - t) x0 + t x1_hat, t on the 1/M grid, d = 0. The pairs are generated once, at the
+first training step, `num_pairs` in all, in equal pools per label (the classes and the null
+label), from a fixed seed so a resumed run regenerates the same pairs; each batch row draws a pair
+of its own label, so the data's class frequencies and label dropout carry over.
+The teacher is queried per label (unguided: the null pool holds its unconditional samples).
+Sampling: Euler at d = 0, CFG at scale w (when w != 1) at every step, like flow matching.
+
+Live reflow, as the shortcut: (1 - k) B flow-matching rows (d = 0) and k B rows whose target is
+sg(x1_hat - x0), x1_hat from an on-the-fly `rollout_steps`-step Euler roll-out (flow queries) of
+the model itself (EMA weights), trained at t = 0, d = 1. With CFG the roll-out is guided at the
+training-time scale w (baked in, as the shortcut's bootstrap CFG). Sampling: n = 1 is the d = 1
+jump (one pass, no CFG); n > 1 is Euler at d = 0 with CFG at scale w.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError
+from methods.base import Batch, Method, MethodOptions, Targets, check_fraction, full, grid_times, interpolate, velocity
+
+PAIR_CHUNK = 4096  # rows per teacher call while generating pairs
+
+
+@dataclass
+class ReflowOptions(MethodOptions):
+    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+    num_pairs: int = 50_000  # (x0, x1_hat) pairs generated with the teacher at M steps, over all labels
+    pair_seed: int = 0  # seed of the pairs' noise (fixed, so a resume regenerates the same pairs)
+
+    def validate(self) -> None:
+        if self.num_pairs < 1:
+            raise BenchError(f"method.num_pairs must be >= 1, got {self.num_pairs}.")
+
+
+class Reflow(Method):
+    """Flow matching on (noise, teacher sample) pairs from an M-step flow teacher; Euler at d = 0."""
+
+    name = "reflow"
+    sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
+    Options = ReflowOptions
+    needs_teacher = True
+    init_from_teacher = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pairs_x0 = self.pairs_x1 = None  # (L, P, *shape): L = labels (classes + null), P pairs each
+
+    @property
+    def num_labels(self) -> int:
+        return self.num_classes + 1
+
+    @property
+    def pairs_per_label(self) -> int:
+        return -(-self.opts.num_pairs // self.num_labels)
+
+    @torch.no_grad()
+    def generate_pairs(self, shape: tuple[int, ...], device, dtype=torch.float32) -> None:
+        """x0 ~ N(0, I) and x1_hat = the teacher's M-step Euler sample from x0, for every label."""
+        if self.teacher is None:
+            raise BenchError("reflow needs a teacher (set teacher=RUN_ID or a checkpoint path).")
+        g = torch.Generator(device).manual_seed(self.opts.pair_seed)
+        L, P, M = self.num_labels, self.pairs_per_label, self.opts.M
+        x0 = torch.randn(L * P, *shape, generator=g, device=device, dtype=dtype)
+        y = torch.arange(L, device=device).repeat_interleave(P)
+        x1 = torch.empty_like(x0)
+        for s in range(0, L * P, PAIR_CHUNK):
+            x, yy = x0[s : s + PAIR_CHUNK], y[s : s + PAIR_CHUNK]
+            for i in range(M):
+                x = x + self.teacher(x, full(i / M, x), full(0.0, x), yy) / M
+            x1[s : s + PAIR_CHUNK] = x
+        self.pairs_x0, self.pairs_x1 = x0.view(L, P, *shape), x1.view(L, P, *shape)
+
+    def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
+        y = batch.y
+        B, dev = y.shape[0], y.device
+        if self.pairs_x0 is None:
+            self.generate_pairs(tuple(batch.x1.shape[1:]), dev, batch.x1.dtype)
+        idx = torch.randint(self.pairs_per_label, (B,), generator=generator, device=dev)
+        x0, x1 = self.pairs_x0[y, idx], self.pairs_x1[y, idx]
+        t = grid_times(B, self.opts.M, generator, dev)
+        return Targets(x_t=interpolate(x0, x1, t), t=t, d=torch.zeros_like(t), y=y, target=x1 - x0)
+
+    def passes_per_step(self, batch_size: int) -> dict[str, float]:
+        # the one-off pair generation (pairs x M teacher rows), spread over the training steps
+        pair_rows = self.pairs_per_label * self.num_labels * self.opts.M
+        return {"forward_rows": batch_size, "backward_rows": batch_size,
+                "nograd_rows": pair_rows / max(self.train_steps, 1)}
+
+    def sample_step(self, model, x, t, num_sampling_steps, y, generator):
+        tt = full(t, x)
+        v = velocity(model, x, tt, torch.zeros_like(tt), y, self.opts.cfg_scale, self.null_class)
+        return x + v / num_sampling_steps
+
+
+@dataclass
+class LiveReflowOptions(MethodOptions):
+    k: float = 0.25  # share of each batch on the d = 1 reflow target (as the shortcut's k)
+    rollout_steps: int = 8  # Euler steps of the model's own roll-out that makes x1_hat
+    bootstrap_ema: bool = True  # roll out the EMA weights (else the live model)
+
+    def validate(self) -> None:
+        check_fraction("method.k", self.k)
+        if self.rollout_steps < 1:
+            raise BenchError(f"method.rollout_steps must be >= 1, got {self.rollout_steps}.")
+
+
+class LiveReflow(Method):
+    """Flow matching plus a d = 1 jump trained on the model's own few-step roll-out; 1 step = the jump."""
+
+    name = "live_reflow"
+    sampling_time_options = frozenset()  # cfg_scale guides the roll-out targets: a new scale is a new model
+    Options = LiveReflowOptions
+
+    def num_reflow_rows(self, batch_size: int) -> int:
+        return int(round(batch_size * self.opts.k))
+
+    @torch.no_grad()
+    def rollout(self, net, x0, y):
+        """x1_hat: `rollout_steps` Euler steps of the flow query (guided at w) from x0 at t = 0."""
+        n, x = self.opts.rollout_steps, x0
+        for i in range(n):
+            tt = full(i / n, x)
+            x = x + velocity(net, x, tt, torch.zeros_like(tt), y, self.opts.cfg_scale, self.null_class) / n
+        return x
+
+    def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
+        x0, x1, y = batch.x0, batch.x1, batch.y
+        B, dev = x1.shape[0], x1.device
+        nb = self.num_reflow_rows(B)
+        t_f = grid_times(B - nb, self.opts.M, generator, dev)
+        x_f = interpolate(x0[nb:], x1[nb:], t_f)
+        x1_hat = self.rollout(ema if self.opts.bootstrap_ema else model, x0[:nb], y[:nb])
+        groups = torch.zeros(B, dtype=torch.bool, device=dev)
+        groups[:nb] = True
+        t_r = torch.zeros(nb, device=dev, dtype=x1.dtype)
+        return Targets(
+            x_t=torch.cat([x0[:nb], x_f]),
+            t=torch.cat([t_r, t_f]),
+            d=torch.cat([torch.ones_like(t_r), torch.zeros_like(t_f)]),
+            y=y,
+            target=torch.cat([x1_hat - x0[:nb], x1[nb:] - x0[nb:]]),
+            info={"row_group/reflow": groups, "row_group/flow": ~groups},
+        )
+
+    def passes_per_step(self, batch_size: int) -> dict[str, float]:
+        rows_per_query = 2 if self.opts.cfg_scale != 1.0 else 1  # `velocity` guides on 2 rows per row
+        nograd = self.num_reflow_rows(batch_size) * self.opts.rollout_steps * rows_per_query
+        return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": nograd}
+
+    def sample_step(self, model, x, t, num_sampling_steps, y, generator):
+        tt = full(t, x)
+        if num_sampling_steps == 1:
+            return x + model(x, tt, torch.ones_like(tt), y)
+        v = velocity(model, x, tt, torch.zeros_like(tt), y, self.opts.cfg_scale, self.null_class)
+        return x + v / num_sampling_steps
