@@ -59,6 +59,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA)
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch CPU threads (0: torch's default)
+    workers: int = 1  # data-parallel processes (Ray Train TorchTrainer when > 1); batch_size stays the global batch
+    gpus_per_worker: int = -1  # 1 or 0 (CPU, gloo); -1: 1 when this machine has CUDA and device is not cpu
 
 
 @dataclass
@@ -343,6 +345,16 @@ def validate(cfg: Config) -> None:
             raise BenchError(f"eval.steps: {n} sampling steps do not divide M = {m.M}.")
     if cfg.train.steps < 0 or cfg.train.batch_size < 1:
         raise BenchError("train.steps must be >= 0 and train.batch_size >= 1.")
+    if cfg.train.workers < 1:
+        raise BenchError(f"train.workers must be >= 1, got {cfg.train.workers}.")
+    if cfg.train.batch_size % cfg.train.workers:
+        raise BenchError(f"train.batch_size = {cfg.train.batch_size} (the global batch) does not divide into "
+                         f"train.workers = {cfg.train.workers} equal shares.")
+    if cfg.train.gpus_per_worker not in (-1, 0, 1):
+        raise BenchError(f"train.gpus_per_worker must be 0, 1 or -1 (auto), got {cfg.train.gpus_per_worker}; "
+                         "one process drives one GPU, so use train.workers for more GPUs.")
+    if cfg.train.gpus_per_worker == 1 and cfg.train.device == "cpu":
+        raise BenchError("train.gpus_per_worker = 1 contradicts train.device = cpu.")
     if not 0.0 <= cfg.train.label_dropout < 1.0:
         raise BenchError(f"train.label_dropout must be in [0, 1), got {cfg.train.label_dropout}.")
     if not 0.0 <= cfg.train.ema_decay < 1.0:

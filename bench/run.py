@@ -85,10 +85,12 @@ def config_of_run(run_id: str) -> tuple[Config, str]:
     return Config.from_dict(state["config"]), c.get_experiment(run.info.experiment_id).name
 
 
-def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None = None) -> Prepared:
+def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None = None,
+            device: torch.device | None = None) -> Prepared:
+    """device: None = train.device (a data-parallel worker passes the device Ray Train gave it)."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = device or pick_device(cfg.train.device)
     data = load_dataset(cfg.data)
     from bench.tracking import store_root
 
@@ -145,6 +147,10 @@ def execute(
         p.evaluator.extractor()  # load the feature extractor now: missing weights fail before training
     uri = tracking_uri()
     check_reachable(uri)
+    if cfg.train.workers > 1:  # data parallel (Ray Train): the GPUs / CPUs asked for are checked before anything is written
+        from bench.distributed import check_request
+
+        extra_params = {"device": check_request(cfg), **(extra_params or {})}
 
     resume_state = None
     if resume_run_id:
@@ -172,25 +178,12 @@ def execute(
             config_file = Path(tmp) / "config.json"
             config_file.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
             tracker.log_artifact(config_file)
+        if cfg.train.workers > 1:
+            from bench.distributed import fit_data_parallel
 
-        def evaluate_during(step: int) -> None:
-            for n in cfg.sampling_steps():
-                r = p.evaluator.evaluate(p.method, trainer.ema, n)
-                tracker.log_metrics({f"during/{k}_n{n}": v for k, v in r.metrics.items()}, step)
-
-        trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path,
-                          log=tracker.log_metrics, evaluate=evaluate_during,
-                          checkpoint_extra=lambda: {"mlflow_run_id": tracker.run_id}, progress=progress)
-        if resume_state is not None:
-            trainer.load_state_dict(resume_state)
-            echo(f"resuming run {tracker.run_id} at step {trainer.step}/{cfg.train.steps} from {ckpt_path}")
-        trainer.fit()
-        final = ckpt_path.parent / "final.pt"
-        ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
-                   "method": p.method.state_dict(), "step": trainer.step,
-                   "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
-        tracker.log_artifact(final, "checkpoint")
-        results = evaluate_all(p, trainer.ema, tracker, progress=progress, echo=echo)
+            results = fit_data_parallel(p, experiment, tracker.run_id, uri, progress=progress, echo=echo)
+        else:
+            results = train_and_evaluate(p, tracker.run_id, tracker, resume_state, progress=progress, echo=echo)
         status = "FINISHED"
         return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, ckpt_path, results)
     except KeyboardInterrupt:
@@ -198,6 +191,41 @@ def execute(
         raise
     finally:
         tracker.end(status)
+
+
+def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str, Any] | None = None, *,
+                       progress: bool = True, echo=print, distributed: bool = False) -> dict[int, dict[str, float]]:
+    """Train (from resume_state when given), write final.pt, evaluate at every n; returns n -> metrics.
+
+    Data parallel (distributed=True) every rank calls this; tracker is None on the ranks other than
+    0: they train in lockstep only (no checkpoints, logs or evaluation) and return {}.
+    """
+    cfg = p.cfg
+    main = tracker is not None
+    ckpt_path = checkpoint_dir(run_id) / "last.pt"
+
+    def evaluate_during(step: int) -> None:
+        for n in cfg.sampling_steps():
+            r = p.evaluator.evaluate(p.method, trainer.ema, n)
+            tracker.log_metrics({f"during/{k}_n{n}": v for k, v in r.metrics.items()}, step)
+
+    trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path if main else None,
+                      log=tracker.log_metrics if main else None, evaluate=evaluate_during if main else None,
+                      checkpoint_extra=lambda: {"mlflow_run_id": run_id}, progress=progress and main,
+                      distributed=distributed)
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+        if main:
+            echo(f"resuming run {run_id} at step {trainer.step}/{cfg.train.steps} from {ckpt_path}")
+    trainer.fit()
+    if not main:
+        return {}
+    final = ckpt_path.parent / "final.pt"
+    ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
+               "method": p.method.state_dict(), "step": trainer.step,
+               "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
+    tracker.log_artifact(final, "checkpoint")
+    return evaluate_all(p, trainer.ema, tracker, progress=progress, echo=echo)
 
 
 def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = True, echo=print) -> dict[int, dict[str, float]]:

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from bench import checkpoint
 from bench.config import Config
 from bench.data import Dataset
-from bench.errors import NonFiniteLoss
+from bench.errors import BenchError, NonFiniteLoss
 from methods.base import Batch, Method
 
 
@@ -41,6 +43,10 @@ class Trainer:
     on_checkpoint(path, step): called after each atomic checkpoint write.
     evaluate(step): called every `train.eval_every` steps (0 = never during training).
     checkpoint_extra(): extra entries stored in every checkpoint (e.g. the MLflow run id).
+    distributed: data parallel over the initialised torch.distributed group: every rank builds a
+      Trainer from the same state and takes batch_size / world_size rows per step from its own
+      random streams (seed + rank); the regressed forward runs through DistributedDataParallel;
+      logged losses are means over ranks. Only rank 0 should get checkpoint_path, log and evaluate.
     """
 
     def __init__(
@@ -55,8 +61,13 @@ class Trainer:
         evaluate: Callable[[int], None] | None = None,
         checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
         progress: bool = True,
+        distributed: bool = False,
     ):
         tc = cfg.train
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        if tc.batch_size % self.world_size:
+            raise BenchError(f"train.batch_size = {tc.batch_size} does not divide into {self.world_size} data-parallel ranks.")
+        self.local_batch_size = tc.batch_size // self.world_size  # train.batch_size is the global batch
         self.cfg, self.method, self.data, self.device = cfg, method, data, device
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()  # exact copy at step 0
@@ -67,9 +78,16 @@ class Trainer:
         # compiled views share parameters with the eager modules (checkpoints hold the eager ones)
         self.fmodel = torch.compile(self.model) if tc.compile else self.model
         self.fema = torch.compile(self.ema) if tc.compile else self.ema
+        # the regressed forward; under DDP its backward averages the gradients over ranks (methods
+        # build targets without gradients from the bare module, so they never see the wrapper)
+        self.ftrain = self.fmodel
+        if distributed:
+            ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.ftrain = torch.compile(ddp) if tc.compile else ddp
         self.step = 0
-        self.gen = torch.Generator(device).manual_seed(cfg.seed)  # noise, times, label dropout
-        self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # data order
+        rank_offset = self.rank * 1_000_003  # per-rank random streams; rank 0 draws what a single process draws
+        self.gen = torch.Generator(device).manual_seed(cfg.seed + rank_offset)  # noise, times, label dropout
+        self.data_gen = torch.Generator().manual_seed(cfg.seed + 1 + rank_offset)  # data order
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.log = log or (lambda metrics, step: None)
         self.evaluate = evaluate
@@ -84,7 +102,7 @@ class Trainer:
     # -- one step -------------------------------------------------------------------
     def prepare_batch(self) -> Batch:
         """Random rows (with replacement, from data_gen), noise and label dropout (shared by all methods)."""
-        B = self.cfg.train.batch_size
+        B = self.local_batch_size
         idx = torch.randint(len(self.data), (B,), generator=self.data_gen)
         x1, y = self.data.get(idx)
         x1 = x1.to(self.device, non_blocking=True)
@@ -103,7 +121,7 @@ class Trainer:
         batch = self.prepare_batch()
         with self.autocast:
             tg = self.method.targets(self.fmodel, self.fema, batch, self.step, self.gen)
-            pred = self.fmodel(tg.x_t, tg.t, tg.d, tg.y)
+            pred = self.ftrain(tg.x_t, tg.t, tg.d, tg.y)
         per_row = (pred.float() - tg.target.float()).pow(2).flatten(1).mean(1)
         loss = per_row.mean()
         self.opt.zero_grad(set_to_none=True)
@@ -148,12 +166,22 @@ class Trainer:
         """Host sync point: non-finite check, then the interval's mean losses to the logger."""
         if not self._acc_n:
             return
-        means = {k: (v / self._acc_n).item() for k, v in self._acc.items()}
-        bad = int(self._bad_step.item())
+        mean_values = torch.stack([v / self._acc_n for v in self._acc.values()])
+        bad_step, bad_loss = self._bad_step, self._bad_loss
+        if self.world_size > 1:  # every rank logs and checks the same numbers: means over ranks, first bad step
+            dist.all_reduce(mean_values)
+            mean_values /= self.world_size
+            never = torch.iinfo(torch.long).max
+            first = torch.where(bad_step < 0, never, bad_step)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            bad_loss = torch.where(first == bad_step, bad_loss, torch.nan)  # nan: the value is on another rank
+            bad_step = torch.where(first == never, -1, first)
+        means = dict(zip(self._acc, mean_values.tolist()))
+        bad = int(bad_step.item())
         if bad >= 0:
             parts = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
             raise NonFiniteLoss(
-                f"Training loss became non-finite ({self._bad_loss.item()}) at step {bad}; "
+                f"Training loss became non-finite ({bad_loss.item()}) at step {bad}; "
                 f"mean loss parts over steps {self.step - self._acc_n + 1}-{self.step}: {parts}. "
                 f"The last good checkpoint is kept."
             )
@@ -180,20 +208,30 @@ class Trainer:
                 self._flush()
                 rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{self._last_means.get('loss', float('nan')):.4f}", steps_s=f"{rate:.1f}")
-            if self.checkpoint_path and (self.step % tc.checkpoint_every == 0 or last):
+            if (self.checkpoint_path or self.world_size > 1) and (self.step % tc.checkpoint_every == 0 or last):
                 self._flush()
-                self.save(self.checkpoint_path)
-            if self.evaluate and tc.eval_every and self.step % tc.eval_every == 0 and not last:
-                self._flush()
-                self.evaluate(self.step)
-                self.model.train()
+                rank_rng = self._gather_rank_rng() if self.world_size > 1 else None  # collective: all ranks take part
+                if self.checkpoint_path:
+                    checkpoint.save(self.state_dict(rank_rng), self.checkpoint_path)
+            if (self.evaluate or self.world_size > 1) and tc.eval_every and self.step % tc.eval_every == 0 and not last:
+                self._flush()  # under DDP a collective: ranks without the evaluate hook flush here too
+                if self.evaluate:
+                    self.evaluate(self.step)  # the other ranks wait at their next collective
+                    self.model.train()
             bar.update(1)
         bar.close()
         self._flush()
         return self._last_means
 
     # -- checkpoints ----------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def _gather_rank_rng(self) -> list[tuple[Tensor, Tensor]]:
+        """(gen, data_gen) states of every rank, in rank order (a checkpoint resumes each rank's streams)."""
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, (_gen_state(self.gen), _gen_state(self.data_gen)))
+        return states
+
+    def state_dict(self, rank_rng: list[tuple[Tensor, Tensor]] | None = None) -> dict[str, Any]:
+        """rank_rng: every rank's random state (data parallel), from _gather_rank_rng."""
         return {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -203,6 +241,7 @@ class Trainer:
             "data_gen": _gen_state(self.data_gen),
             "method": self.method.state_dict(),
             "config": self.cfg.to_dict(),
+            **({"rank_rng": rank_rng} if rank_rng else {}),
             **self.checkpoint_extra(),
         }
 
@@ -210,8 +249,15 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])
-        self.data_gen.set_state(state["data_gen"])
+        gen, data_gen = state["gen"], state["data_gen"]
+        if self.world_size > 1:
+            ranks = state.get("rank_rng") or []
+            if len(ranks) != self.world_size:
+                raise BenchError(f"The checkpoint holds the random state of {len(ranks) or 1} rank(s); "
+                                 f"this run has {self.world_size}.")
+            gen, data_gen = ranks[self.rank]
+        self.gen.set_state(gen)
+        self.data_gen.set_state(data_gen)
         self.method.load_state_dict(state["method"])
         self.step = int(state["step"])
         self._reset_accumulators()
