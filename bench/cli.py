@@ -119,6 +119,29 @@ def digits_classifier(
                f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
 
 
+@app.command("prepare-latents")
+def prepare_latents(
+    data: str = typer.Option(..., "--data", help="The images to encode: imagefolder:PATH (or npz:PATH with uint8 images)."),
+    vae: Path = typer.Option(..., "--vae", help="Local diffusers AutoencoderKL folder (config.json + weights), e.g. sd-vae-ft-mse."),
+    out: Path = typer.Option(..., "--out", help="Folder to create; then train with --data latents:OUT."),
+    resolution: int = typer.Option(256, "--resolution", help="Image side after resize + centre crop."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per VAE call."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu, cuda, cuda:1, ..."),
+    workers: int = typer.Option(4, "--workers", help="DataLoader processes reading image files (0: none)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Storage: float32 or float16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Encode images once with a Stable Diffusion VAE into a memory-mapped latents folder."""
+    from bench.latents import prepare_latents as prepare, read_metadata
+
+    path = prepare(data, vae, out, resolution=resolution, batch_size=batch_size, device=device, workers=workers,
+                   dtype=dtype, progress=not quiet)
+    meta = read_metadata(path)
+    typer.echo(f"wrote {meta['num_samples']} latents of shape {tuple(meta['latent_shape'])} "
+               f"(scaling {meta['scaling_factor']:g}, {meta['num_classes']} classes) to {path}")
+    typer.echo(f"train on them with --data latents:{path}")
+
+
 def main() -> None:
     import click
 

@@ -1,7 +1,7 @@
 """Datasets behind one interface: `--data` / `data.spec` -> `Dataset`.
 
 Specs: `toy:eight_gaussians`, `toy:checkerboard`, `digits` (scikit-learn's bundled 8x8 digits),
-`imagefolder:PATH`, `npz:PATH`. More loaders register in `LOADERS` (prefix -> function).
+`imagefolder:PATH`, `npz:PATH`, `latents:DIR`. More loaders register in `LOADERS` (prefix -> function).
 Data live in model space: images in [-1, 1] as (C, H, W); points and vectors as they are.
 """
 
@@ -314,11 +314,19 @@ def load_npz(path: str, cfg: DataConfig) -> Dataset:
     return TensorData(f"npz:{p}", kind, torch.from_numpy(x.astype(np.float32)), yt, num_classes)
 
 
+def load_latents(path: str, cfg: DataConfig) -> Dataset:
+    """`latents:DIR`, written by `bench prepare-latents` (bench/latents.py)."""
+    from bench.latents import load_latents as load
+
+    return load(path, cfg)
+
+
 LOADERS: dict[str, Callable[[str, DataConfig], Dataset]] = {
     "toy": load_toy,
     "digits": lambda _arg, cfg: load_digits(cfg),
     "imagefolder": load_imagefolder,
     "npz": load_npz,
+    "latents": load_latents,
 }
 
 

@@ -36,6 +36,43 @@ class EvalResult:
     seconds: float
 
 
+def _timed(fn, device: torch.device):
+    """(seconds, result) of one call of fn, with the device's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+@dataclass
+class EvalEstimate:
+    """The expected duration of evaluating `steps` from one timed batch of `batch_size` at n = 1."""
+
+    num_samples: int
+    batch_size: int
+    steps: list[int]
+    sample_seconds: float  # one batch, one sampling step
+    feature_seconds: float  # one batch: decoding (latents) + feature extraction
+    reference_seconds: float  # features of the reference set when they are not cached yet (file reading excluded)
+    device: str
+
+    @property
+    def seconds(self) -> float:
+        batches = -(-self.num_samples // self.batch_size)
+        return self.reference_seconds + batches * sum(self.feature_seconds + n * self.sample_seconds for n in self.steps)
+
+    def text(self) -> str:
+        s = self.seconds
+        when = f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+        ref = f", reference features {self.reference_seconds:.3g} s" if self.reference_seconds else ""
+        return (f"evaluation estimate: ~{when} for {self.num_samples:,} samples at each n = {','.join(map(str, self.steps))} "
+                f"on {self.device} (one batch of {self.batch_size}: {self.sample_seconds:.3g} s per sampling step, "
+                f"{self.feature_seconds:.3g} s decoding + features{ref})")
+
+
 class Evaluator:
     def __init__(self, cfg: Config, data: Dataset, device: torch.device, cache_dir: Path, progress: bool = True):
         self.cfg, self.data, self.device = cfg, data, device
@@ -55,6 +92,8 @@ class Evaluator:
             "eval.reference_set": self.reference.name,
             "eval.reference_size": len(self.reference),
             "eval.reference_fingerprint": self.reference.fingerprint(),
+            "eval.samples_per_n": self.cfg.eval.num_samples,
+            "eval.sample_decoder": getattr(self.data, "decoder_name", "none"),  # latents: the VAE that decodes samples
             "eval.seed": self.seed,
             "eval.weights": "ema",
             "eval.mode_hit_rule": "a mode is hit when it holds >= 10% of a fair share N/K" if self.data.modes else "n/a",
@@ -99,6 +138,32 @@ class Evaluator:
         if self._extractor is None:
             self._extractor = self.space.create(self.device)
         return self._extractor
+
+    # -- how long -------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate(self, method: Method, model: nn.Module, steps: list[int]) -> "EvalEstimate":
+        """Time one batch at n = 1 (sampling, then decoding + features) after a warm-up and
+        extrapolate: per n, ceil(N / batch) x (features + n x one-step sampling)."""
+        ec = self.cfg.eval
+        b = min(ec.batch_size, ec.num_samples)
+        was_training = model.training
+        model.eval()
+        g = torch.Generator(self.device).manual_seed(self.seed)
+        x0 = torch.randn(b, *self.data.shape, generator=g, device=self.device)
+        y = draw_labels(b, self.data.num_classes, self.data.label_probs(), g, self.device)
+        fe = self.extractor() if self.space.extractor is not None else None
+
+        def one_batch():
+            x = sample(method, model, x0, y, 1, g)
+            return fe(self.data.to_uint8(x).to(self.device)) if fe is not None else x
+
+        one_batch()  # warm-up: kernels, caches, lazily loaded decoders
+        sample_s, x = _timed(lambda: sample(method, model, x0, y, 1, g), self.device)
+        features_s = _timed(lambda: fe(self.data.to_uint8(x).to(self.device)), self.device)[0] if fe is not None else 0.0
+        model.train(was_training)
+        cached = fe is None or (self.cache_dir / self.cache_name()).is_file()
+        reference_s = 0.0 if cached else -(-len(self.reference) // b) * features_s
+        return EvalEstimate(ec.num_samples, b, list(steps), sample_s, features_s, reference_s, str(self.device))
 
     # -- one n ----------------------------------------------------------------------
     @torch.no_grad()

@@ -235,6 +235,7 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
     results: dict[int, dict[str, float]] = {}
     ref = p.evaluator.reference_features() if p.data.kind == "points" else None
     steps = p.cfg.sampling_steps()
+    echo(p.evaluator.estimate(p.method, ema, steps).text())
     with tempfile.TemporaryDirectory() as tmp:
         for n in tqdm(steps, desc="evaluate", unit="n", disable=not progress):
             r: EvalResult = p.evaluator.evaluate(p.method, ema, n)
