@@ -33,8 +33,17 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", help="bench.toml to read (default: ./bench.toml or the checkout's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this configuration from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    sweep: List[str] = typer.Option([], "--sweep", help="Sweep on Ray Tune: a name in sweeps/ (k, M, cfg, seeds, ...) or a .toml path; repeat to cross sweeps."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster for --sweep, host:port (default: $RAY_ADDRESS, else a local Ray for this command only)."),
 ):
     """Train one method, evaluate it at n = 1, 2, 4, ..., M sampling steps, and track everything in MLflow."""
+    if sweep:
+        from bench.tune import sweep_command
+
+        return sweep_command(method, profile, set_, sweep, data_spec=data, seed=seed, experiment=experiment,
+                             config_path=config, resume=resume, address=address, quiet=quiet)
+    if address:
+        raise BenchError("--address runs a sweep on a Ray cluster; add --sweep NAME.")
     from bench.config import resolve
 
     cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
@@ -143,7 +152,11 @@ def prepare_latents(
 
 
 def main() -> None:
+    import logging
+
     import click
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no migration chatter on stderr
 
     try:
         app(standalone_mode=False)

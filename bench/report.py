@@ -15,14 +15,22 @@ EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit
 SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
 
 
+def open_store(uri: str | None = None):
+    """An MlflowClient on an existing store; reporting never creates one."""
+    from bench.tracking import client, is_local_sqlite, tracking_uri
+
+    uri = uri or tracking_uri()
+    if is_local_sqlite(uri) and not Path(uri[len("sqlite:///"):]).is_file():
+        raise BenchError(f"No tracking store at {uri}; run `bench run` first (or set BENCH_STORE / MLFLOW_TRACKING_URI).")
+    return client(uri)
+
+
 def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
     """One row per (finished run, metric, sampling steps) of `experiment`."""
-    from bench.tracking import client, tracking_uri
-
-    c = client(uri or tracking_uri())
+    c = open_store(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        raise BenchError(f"No experiment {experiment!r} in the tracking store {uri or tracking_uri()}.")
+        raise BenchError(f"No experiment {experiment!r} in the tracking store {c.tracking_uri}.")
     rows = []
     for run in c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50_000):
         tags, params = run.data.tags, run.data.params
@@ -132,13 +140,11 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
 
 def write_reports(experiments: list[str] | None, out: Path | None = None) -> list[Path]:
     """Every named experiment (default: every experiment with runs) under out/<experiment>/."""
-    from bench.tracking import client, tracking_uri
-
     if not experiments:
-        c = client(tracking_uri())
+        c = open_store()
         experiments = [e.name for e in c.search_experiments() if c.search_runs([e.experiment_id], max_results=1)]
         if not experiments:
-            raise BenchError(f"The tracking store {tracking_uri()} has no runs to report.")
+            raise BenchError(f"The tracking store {c.tracking_uri} has no runs to report.")
     written: list[Path] = []
     for name in experiments:
         target = (Path(out) / name) if (out and len(experiments) > 1) else out

@@ -1,0 +1,105 @@
+"""The command line end to end: exit codes, one-line errors, a tiny run, the report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["--set", "train.steps=150", "--set", "M=8", "--set", "eval.num_samples=400", "--set", "train.checkpoint_every=100"]
+
+
+def bench(*args, env=None, cwd=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--method", "nope"], "Unknown method 'nope'"),
+        (["run", "--method", "shortcut", "--set", "M=12"], "must be a power of two"),
+        (["run", "--method", "shortcut", "--set", "kk=1"], "Did you mean method.k?"),
+        (["run", "--method", "shortcut", "--profile", "nope"], "Unknown profile"),
+        (["run", "--method", "shortcut", "--data", "npz:/no/such.npz"], "does not exist"),
+        (["run", "--method", "shortcut", "--data", "imagefolder:/no/such"], "does not exist"),
+        (["run", "--method", "shortcut", "--set", "eval.steps=3"], "do not divide M"),
+        (["report", "--experiment", "nothing-here"], "No tracking store"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(args, message, isolated_store):
+    r = bench(*args)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert not (isolated_store / "mlflow.db").exists()
+    assert not (isolated_store / "checkpoints").exists()
+
+
+def test_missing_inception_weights_fail_before_anything_is_written(tmp_path, isolated_store):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
+    r = bench("run", "--method", "flow_matching", "--data", f"imagefolder:{tmp_path / 'imgs'}",
+              env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert r.returncode == 2 and "weights-inception-2015-12-05-6726825d.pth" in r.stderr
+    assert not isolated_store.exists() or not any(isolated_store.iterdir())
+
+
+def test_unreachable_tracking_server():
+    r = bench("run", "--method", "shortcut", "--profile", "smoke", *TINY, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert r.returncode == 2 and "unreachable" in r.stderr
+
+
+@pytest.mark.slow
+def test_run_then_report_end_to_end(isolated_store, tmp_path):
+    r = bench("run", "--method", "shortcut", "--profile", "smoke", "--experiment", "e2e", "-q", *TINY)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for n in (1, 2, 4, 8):
+        assert any(line.split()[:1] == [str(n)] for line in out.splitlines())
+    assert "run " in out and "experiment 'e2e'" in out and str(isolated_store) in out
+    from bench.tracking import client
+
+    c = client()
+    exp = c.get_experiment_by_name("e2e")
+    (run,) = c.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "shortcut" and run.data.tags["profile"] == "smoke"
+    assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"]
+    assert run.data.params["method.k"] == "0.25" and run.data.params["eval.feature_space"] == "coords"
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "fid")] == [1, 2, 4, 8]
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "nfe")] == [1, 2, 4, 8]
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "nfe")] == [1, 2, 4, 8]
+    assert len(c.get_metric_history(run.info.run_id, "train/loss")) == 3  # every 50 of 150 steps
+    arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.json", "checkpoint", "samples", "scatter"} <= arts
+    samples = {a.path for a in c.list_artifacts(run.info.run_id, "samples")}
+    assert samples == {f"samples/steps_{n}.npz" for n in (1, 2, 4, 8)}
+    r = bench("report", "--experiment", "e2e", "--out", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "rep" / "metrics.csv")
+    assert set(df[df.metric == "fid"].steps) == {1, 2, 4, 8} and (df.run_id == run.info.run_id).all()
+    assert (tmp_path / "rep" / "fid_vs_steps.png").stat().st_size > 10_000
+    assert Path(tmp_path / "rep" / "table.md").read_text().count("| shortcut |") == 1
+
+
+@pytest.mark.slow
+def test_fixed_seed_gives_identical_metrics():
+    from bench.config import resolve
+    from bench.run import execute
+
+    over = ["train.steps=120", "M=4", "eval.num_samples=300", "train.log_every=40"]
+    a = execute(resolve("shortcut", "smoke", over), "det", progress=False, echo=lambda *_: None)
+    b = execute(resolve("shortcut", "smoke", over), "det", progress=False, echo=lambda *_: None)
+    c = execute(resolve("shortcut", "smoke", over, seed=1), "det", progress=False, echo=lambda *_: None)
+    assert a.results == b.results
+    assert a.results[1]["fid"] != c.results[1]["fid"]
