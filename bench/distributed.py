@@ -119,13 +119,15 @@ def ray_session() -> Iterator[bool]:
 
 
 def _warn_if_short(cfg: Config, gpus: int, cpus: int, echo) -> None:
+    """A joined Ray may lack what the workers ask for (busy, or waiting for its autoscaler): say so."""
     import ray
 
-    have = ray.cluster_resources()
+    free, total = ray.available_resources(), ray.cluster_resources()
     need = {"GPU": cfg.train.workers * gpus, "CPU": cfg.train.workers * cpus}
-    short = [f"{need[k]:g} {k}s (the cluster has {have.get(k, 0):g})" for k in need if need[k] > have.get(k, 0)]
+    short = [f"{need[k]:g} {k}s ({free.get(k, 0):g} free of {total.get(k, 0):g})" for k in need if need[k] > free.get(k, 0)]
     if short:
-        echo(f"waiting for resources: {cfg.train.workers} workers need {' and '.join(short)}.")
+        echo(f"waiting for resources: {cfg.train.workers} workers need {' and '.join(short)}; inside a Tune "
+             f"trial, leave them to the workers (e.g. tune.with_resources(trainable, {{'CPU': 0}})).")
 
 
 def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bool = True, echo=print
@@ -162,7 +164,7 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bo
             scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=bool(gpus),
                                          resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
             run_config=RunConfig(name=f"bench-{run_id}", storage_path=str(store_root() / "ray"),
-                                 logging_config=LoggingConfig("WARNING"),
+                                 logging_config=LoggingConfig("ERROR"),  # its warnings are about Ray itself
                                  worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
         )
         echo(f"data parallel: {cfg.train.workers} workers x {cfg.train.batch_size // cfg.train.workers} rows "
