@@ -41,6 +41,47 @@ def save(obj: Any, path: Path) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def previous(path: Path) -> Path:
+    """The checkpoint before `path` (last.pt -> last.prev.pt)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_rotating(obj: Any, path: Path) -> Path:
+    """Write `path` whole; the checkpoint it replaces stays as `previous(path)`. At every moment at
+    least one complete checkpoint exists: the new one is complete on disk before the old one moves."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new")
+    save(obj, tmp)
+    if path.exists():
+        os.replace(path, previous(path))
+    os.replace(tmp, path)
+    return path
+
+
+def load_latest(path: Path, map_location="cpu", warn=print) -> tuple[Any, Path] | tuple[None, None]:
+    """The newest loadable checkpoint: `path`, else `previous(path)` (saying why in one sentence),
+    else (None, None) when neither exists. Both present and corrupt: BenchError naming the files."""
+    path = Path(path)
+    prev = previous(path)
+    # killed between the two renames of save_rotating: only prev exists, and it is complete
+    candidates = [p for p in (path, prev) if p.exists()]
+    if not candidates:
+        return None, None
+    errors = []
+    for p in candidates:
+        try:
+            state = load(p, map_location)
+        except BenchError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            warn(f"warning: {errors[0]} Using the previous checkpoint {p} instead.")
+        return state, p
+    raise BenchError(" ".join(errors))
+
+
 def load(path: Path, map_location="cpu") -> Any:
     """torch.load with one clear sentence for a missing, truncated or corrupt file."""
     path = Path(path)

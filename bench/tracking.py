@@ -72,8 +72,28 @@ def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     uri = uri or tracking_uri()
+    if is_local_sqlite(uri):
+        _create_sqlite_once(Path(uri[len("sqlite:///"):]))
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _create_sqlite_once(db: Path) -> None:
+    """Several processes opening a FRESH SQLite store race on its migrations (`table ... already
+    exists`): the first creates it under an exclusive file lock, the others wait and reuse it."""
+    if db.is_file() and db.stat().st_size > 0:
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".mlflow.db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)  # runs the migrations
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(name: str, uri: str | None = None) -> str:
