@@ -151,6 +151,24 @@ def prepare_latents(
     typer.echo(f"train on them with --data latents:{path}")
 
 
+@app.command()
+def speed(
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile in bench.toml (default: digits)."),
+    model: Optional[str] = typer.Option(None, "--model", help="mlp or a DiT preset (DiT-tiny/2, DiT-B/2, ...); default: the profile's."),
+    data: Optional[str] = typer.Option(None, "--data", help="A dataset spec, or synthetic:CxHxW[:CLASSES] (random latent stand-ins)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key (a key only some methods have goes to those)."),
+    methods: str = typer.Option("no-teacher", "--methods", help="Comma list, 'all', or 'no-teacher' (teacher methods get an untrained teacher when named)."),
+    rounds: int = typer.Option(7, "--rounds", help="Interleaved timing rounds (medians over them)."),
+    steps: int = typer.Option(5, "--steps", help="Training steps per method per round."),
+    image_size: int = typer.Option(0, "--image-size", help="Side of the images fed to the feature extractor (0: the data's)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="bench.toml to read."),
+):
+    """Step time of every method relative to flow matching, sampling and feature-extraction throughput."""
+    from bench.speed import main as speed_main
+
+    speed_main(profile, model, data, set_, methods, rounds, steps, image_size, config, echo=typer.echo)
+
+
 def main() -> None:
     import logging
 

@@ -159,7 +159,8 @@ class Trainer:
             self._acc[k] = self._acc.get(k, torch.zeros((), device=self.device)) + v
         self._acc_n += 1
         first_bad = (self._bad_step < 0) & ~torch.isfinite(loss)
-        self._bad_step = torch.where(first_bad, torch.tensor(self.step, device=self.device), self._bad_step)
+        # torch.full, not torch.tensor: a tensor from host data is a blocking copy to the GPU
+        self._bad_step = torch.where(first_bad, torch.full((), self.step, device=self.device), self._bad_step)
         self._bad_loss = torch.where(first_bad, loss, self._bad_loss)
 
     def _flush(self) -> None:

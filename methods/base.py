@@ -120,9 +120,9 @@ def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
 
 def grid_times(batch_size: int, num_cells: Tensor | int, generator: torch.Generator, device) -> Tensor:
     """t uniform on {0, 1/c, ..., (c-1)/c} per row, c = num_cells (int or (B,) long)."""
-    c = torch.as_tensor(num_cells, device=device).expand(batch_size)
     u = torch.rand(batch_size, generator=generator, device=device)
-    return torch.floor(u * c) / c
+    # an int stays a Python number: torch.as_tensor(int, device="cuda") is a blocking host-to-device copy
+    return torch.floor(u * num_cells) / num_cells
 
 
 def velocity(model: nn.Module, x: Tensor, t: Tensor, d: Tensor, y: Tensor, cfg_scale: float, null_class: int) -> Tensor:

@@ -96,7 +96,7 @@ class ConsistencyTraining(_Consistency):
         x_t, x_t2 = interpolate(x0, x1, t), interpolate(x0, x1, t2)
         target = self._target(model, ema, x_t, t, x_t2, t2, y)
         return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target,
-                       info={"delta": torch.tensor(delta, device=dev)})
+                       info={"delta": torch.full((), delta, device=dev)})  # not torch.tensor: a blocking copy on CUDA
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": batch_size}

@@ -93,7 +93,7 @@ class Progressive(Method):
             v2 = T(x_t + d * v1, t + d, d_query, y)
             target = (v1 + v2) / 2
         return Targets(x_t=x_t, t=t, d=full(2 * d, x_t), y=y, target=target,
-                       info={"stage": torch.tensor(float(stage), device=dev)})
+                       info={"stage": torch.full((), float(stage), device=dev)})  # not torch.tensor: a blocking copy on CUDA
 
     def on_step_end(self, step, model, ema) -> None:
         done = step + 1  # steps completed
