@@ -132,8 +132,13 @@ def execute(
     progress: bool = True,
     teacher: torch.nn.Module | None = None,
     echo=print,
+    on_run=None,
 ) -> RunOutcome:
-    """Train and evaluate one configuration; returns the metrics per number of sampling steps."""
+    """Train and evaluate one configuration; returns the metrics per number of sampling steps.
+
+    on_run(run_id): called once the MLflow run exists (a sweep trial keeps the id in its Ray checkpoint).
+    resume_run_id: continue that run from its last.pt, or from step 0 when it died before its first checkpoint.
+    """
     from bench.tracking import Tracker, check_reachable, git_commit, tracking_uri
 
     experiment = experiment or cfg.profile
@@ -155,8 +160,8 @@ def execute(
     resume_state = None
     if resume_run_id:
         path = checkpoint_dir(resume_run_id) / "last.pt"
-        resume_state = ckpt.load(path)
-        if resume_state.get("config") != cfg.to_dict():
+        resume_state = ckpt.load(path) if path.is_file() else None
+        if resume_state is not None and resume_state.get("config") != cfg.to_dict():
             raise BenchError(f"Run {resume_run_id} was started with another configuration; resume it without new overrides.")
 
     tracker = Tracker(
@@ -170,6 +175,8 @@ def execute(
     )
     status = "FAILED"
     try:
+        if on_run is not None:
+            on_run(tracker.run_id)
         if teacher_plan is not None:
             extra_params = {**teacher_plan.provide(p, tracker, experiment, progress, echo), **(extra_params or {})}
         tracker.log_params({**run_params(p), **(extra_params or {})})
@@ -226,6 +233,63 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
                "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
     tracker.log_artifact(final, "checkpoint")
     return evaluate_all(p, trainer.ema, tracker, progress=progress, echo=echo)
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: Path,
+    experiment: str | None = None,
+    *,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    run_name: str = "",
+    extra_tags: dict[str, str] | None = None,
+    extra_params: dict[str, Any] | None = None,
+    progress: bool = True,
+    echo=print,
+    on_run=None,
+) -> RunOutcome:
+    """Evaluate a trained checkpoint's EMA weights under `cfg` without training, in a run with the
+    same metric layout as `execute`: sampling-time settings (flow matching's CFG scale, eval.*) swept
+    on one trained model. `cfg` may differ from the checkpoint's own config only where sampling reads it."""
+    from bench.tracking import Tracker, check_reachable, git_commit, tracking_uri
+
+    experiment = experiment or cfg.profile
+    state = ckpt.load(checkpoint)
+    trained, wanted = state.get("config", {}), cfg.to_dict()
+    if any(trained.get(k) != wanted[k] for k in ("method_name", "data", "model")):
+        raise BenchError(f"Checkpoint {checkpoint} was trained with another method, model or data; it cannot be evaluated under this configuration.")
+    p = prepare(cfg, progress=progress)
+    if p.evaluator.space.extractor is not None:
+        p.evaluator.extractor()
+    uri = tracking_uri()
+    check_reachable(uri)
+    p.model.load_state_dict(state["ema"])
+    p.method.load_state_dict(state.get("method", {}))
+    model = p.model.to(p.device).requires_grad_(False).eval()
+    tracker = Tracker(
+        experiment,
+        run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
+        tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
+              "git_commit": git_commit(), "config_hash": config_hash(cfg), **(extra_tags or {})},
+        parent_run_id=parent_run_id,
+        resume_run_id=resume_run_id,
+        uri=uri,
+    )
+    status = "FAILED"
+    try:
+        if on_run is not None:
+            on_run(tracker.run_id)
+        tracker.log_params({**run_params(p), "eval.checkpoint": str(checkpoint), "eval.checkpoint_step": state.get("step", ""),
+                            "eval.checkpoint_ema_sha256": state.get("ema_sha256", ""), **(extra_params or {})})
+        results = evaluate_all(p, model, tracker, progress=progress, echo=echo)
+        status = "FINISHED"
+        return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, Path(checkpoint), results)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
 
 
 def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = True, echo=print) -> dict[int, dict[str, float]]:

@@ -68,6 +68,9 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_teacher: ClassVar[bool] = False  # a frozen flow-matching teacher in `teacher=`
     stochastic_sampler: ClassVar[bool] = False  # sample_step draws fresh noise
+    # Options fields only sampling reads: a sweep over them evaluates one trained model per
+    # training configuration instead of retraining (default: none, every option is training-time)
+    sampling_time_options: ClassVar[frozenset[str]] = frozenset()
 
     init_from_teacher: ClassVar[bool] = False  # the student starts as a copy of the teacher's weights
 

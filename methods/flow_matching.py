@@ -25,6 +25,7 @@ class FlowMatching(Method):
 
     name = "flow_matching"
     Options = FlowMatchingOptions
+    sampling_time_options = frozenset({"cfg_scale"})  # targets ignore it; CFG is applied when sampling
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         B, dev = batch.x1.shape[0], batch.x1.device

@@ -39,6 +39,7 @@ class Shortcut(Method):
 
     name = "shortcut"
     Options = ShortcutOptions
+    sampling_time_options = frozenset()  # cfg_scale is baked into the bootstrap targets: a new scale is a new model
 
     @property
     def flow_d(self) -> float:
