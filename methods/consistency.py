@@ -16,6 +16,7 @@ x <- (1 - t') z + t' x1_hat with fresh z ~ N(0, I), t' = t + 1/n; the last step 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -40,11 +41,11 @@ def ct_delta(step: int, train_steps: int, M: int) -> float:
 
 @dataclass
 class ConsistencyOptions(MethodOptions):
-    target_weights: str = "ema"  # network that builds sg(F(x_t2, t2)): "ema" (Song et al.) or "model" (the student, as iCT)
+    target_decay: float = 0.95  # EMA decay mu of the target network theta^- (Song et al.'s CD: 0.95); 0 = the live weights (as iCT)
 
     def validate(self) -> None:
-        if self.target_weights not in ("ema", "model"):
-            raise BenchError(f"method.target_weights must be ema or model, got {self.target_weights!r}.")
+        if not 0.0 <= self.target_decay < 1.0:
+            raise BenchError(f"method.target_decay must be in [0, 1), got {self.target_decay}.")
 
 
 @dataclass
@@ -53,20 +54,51 @@ class ConsistencyDistillationOptions(ConsistencyOptions):
 
 
 class _Consistency(Method):
-    """Shared by CT and CD: the consistency function, the target and multistep sampling."""
+    """Shared by CT and CD: the consistency function, the target network, the target and multistep sampling."""
 
     stochastic_sampler = True
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._target_net: torch.nn.Module | None = None  # theta^-: an EMA of the student with decay target_decay
+        self._pending: dict | None = None  # its weights from a checkpoint, until the student's shape is known
 
     def consistency_fn(self, net, x, t, y, cfg_scale: float = 1.0):
         """F(x, t) = x + (1 - t) f(x, t, 0, y), t: (B,)."""
         v = velocity(net, x, t, torch.zeros_like(t), y, cfg_scale, self.null_class)
         return x + bshape(1 - t, x) * v
 
-    def _target(self, model, ema, x_t, t, x_t2, t2, y):
-        net = ema if self.opts.target_weights == "ema" else model
+    def target_net(self, model):
+        """theta^-: starts as a copy of the student (the teacher's weights for CD), then follows it as an EMA."""
+        if self.opts.target_decay == 0.0:
+            return model
+        if self._target_net is None:
+            self._target_net = copy.deepcopy(getattr(model, "_orig_mod", model)).requires_grad_(False).eval()
+            if self._pending is not None:
+                self._target_net.load_state_dict(self._pending)
+                self._pending = None
+        return self._target_net
+
+    def on_step_end(self, step, model, ema) -> None:
+        if self._target_net is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self._target_net.parameters()), [p.detach() for p in model.parameters()],
+                                     1.0 - self.opts.target_decay)
+
+    def state_dict(self):
+        return {"target_net": self._target_net.state_dict() if self._target_net is not None else self._pending}
+
+    def load_state_dict(self, state) -> None:
+        weights = state.get("target_net")
+        if self._target_net is not None and weights is not None:
+            self._target_net.load_state_dict(weights)
+        else:
+            self._pending = weights
+
+    def _target(self, model, x_t, t, x_t2, t2, y):
         with torch.no_grad():
-            F2 = self.consistency_fn(net, x_t2, t2, y)
+            F2 = self.consistency_fn(self.target_net(model), x_t2, t2, y)
         return (F2 - x_t) / bshape(1 - t, x_t)
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
@@ -94,7 +126,7 @@ class ConsistencyTraining(_Consistency):
         t = grid_times(B, round(1 / delta), generator, dev)
         t2 = t + delta
         x_t, x_t2 = interpolate(x0, x1, t), interpolate(x0, x1, t2)
-        target = self._target(model, ema, x_t, t, x_t2, t2, y)
+        target = self._target(model, x_t, t, x_t2, t2, y)
         return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target,
                        info={"delta": torch.full((), delta, device=dev)})  # not torch.tensor: a blocking copy on CUDA
 
@@ -121,7 +153,7 @@ class ConsistencyDistillation(_Consistency):
         x_t = interpolate(x0, x1, t)
         with torch.no_grad():
             x_t2 = x_t + delta * self.teacher(x_t, t, torch.zeros_like(t), y)
-        target = self._target(model, ema, x_t, t, x_t2, t2, y)
+        target = self._target(model, x_t, t, x_t2, t2, y)
         return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target)
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:

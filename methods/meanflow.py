@@ -6,9 +6,12 @@ differentiating d * f = integral of v along the trajectory gives the MeanFlow id
 the Jacobian-vector product of f at (x_t, t, d) with tangent (v, 1, -1) (torch.func.jvp).
 Target: sg(v + d * jvp) with the conditional velocity v = x1 - x0 (also the tangent). A share
 `mean_fraction` of each batch has d > 0 (two times drawn, t = the smaller, d = the gap); the
-other rows have d = 0, where the target is v (flow matching). The trainer's MSE is plain (the
-paper's adaptive loss weighting is not used). Sampling: Euler with d = 1/n; CFG at scale w
-(when w != 1) at every step.
+other rows have d = 0, where the target is v (flow matching). The paper's adaptive loss weight
+w = 1 / (||target - f||^2 + c)^p (sg) goes through the trainer's plain MSE by regressing
+u + w (target - u), u = sg(f(x_t, t, d)): the same gradient as w ||f - target||^2 (the logged
+train/loss is then the weighted one; train/mse_unweighted is the plain error). Without it
+(p = 0) the target's d * df/dt feeds back on itself and training diverges on the toy profiles.
+Sampling: Euler with d = 1/n; CFG at scale w (when w != 1) at every step.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class MeanFlowOptions(MethodOptions):
     logit_mean: float = -0.4  # logit-normal location
     logit_std: float = 1.0  # logit-normal scale
     jvp_ema: bool = False  # build the target with the EMA weights (the paper: the live weights, stop-gradient)
+    adaptive_p: float = 1.0  # adaptive loss weight w = 1 / (||target - f||^2 + c)^p (the paper: p = 1; 0 = plain MSE)
+    adaptive_c: float = 1e-3  # the c of the adaptive weight
 
     def validate(self) -> None:
         check_fraction("method.mean_fraction", self.mean_fraction)
@@ -37,6 +42,8 @@ class MeanFlowOptions(MethodOptions):
             raise BenchError(f"method.time_sampling must be uniform or logit_normal, got {self.time_sampling!r}.")
         if self.logit_std <= 0:
             raise BenchError(f"method.logit_std must be > 0, got {self.logit_std}.")
+        if self.adaptive_p < 0 or self.adaptive_c <= 0:
+            raise BenchError(f"method.adaptive_p must be >= 0 and method.adaptive_c > 0, got {self.adaptive_p} and {self.adaptive_c}.")
 
 
 def average_velocity_jvp(net, x, t, d, y, v):
@@ -76,18 +83,39 @@ class MeanFlow(Method):
         d = torch.cat([d_m, torch.zeros_like(t_f)]).to(x1.dtype)
         x_t = interpolate(x0, x1, t)
         v = x1 - x0
+        net = ema if self.opts.jvp_ema else model
         target = v.clone()
-        if nb:
-            _, df = average_velocity_jvp(ema if self.opts.jvp_ema else model, x_t[:nb], t[:nb], d[:nb], y[:nb], v[:nb])
-            target[:nb] = v[:nb] + bshape(d[:nb], v) * df
+        info: dict = {}
+        with torch.no_grad():
+            u_mean = None
+            if nb:
+                u_mean, df = average_velocity_jvp(net, x_t[:nb], t[:nb], d[:nb], y[:nb], v[:nb])
+                target[:nb] = v[:nb] + bshape(d[:nb], v) * df
+            if self.opts.adaptive_p > 0:
+                # the trainer's plain MSE against u + w (target - u), u = sg(f) = its own prediction, has the
+                # gradient of the weighted loss w ||f - target||^2: the paper's adaptive weighting, exactly
+                if net is model and u_mean is not None:
+                    u = torch.cat([u_mean, model(x_t[nb:], t[nb:], d[nb:], y[nb:])])
+                else:
+                    u = model(x_t, t, d, y)
+                err = target - u
+                sq = err.pow(2).flatten(1).sum(1)
+                w = 1.0 / (sq + self.opts.adaptive_c) ** self.opts.adaptive_p
+                info["mse_unweighted"] = sq.mean() / err[0].numel()
+                target = u + bshape(w, u) * err
         groups = torch.zeros(B, dtype=torch.bool, device=dev)
         groups[:nb] = True
         return Targets(x_t=x_t, t=t, d=d, y=y, target=target,
-                       info={"row_group/mean": groups, "row_group/flow": ~groups})
+                       info={"row_group/mean": groups, "row_group/flow": ~groups, **info})
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
-        # the JVP costs about a primal plus a tangent pass over the d > 0 rows
-        return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 2 * self.num_mean_rows(batch_size)}
+        # the JVP costs about a primal plus a tangent pass over the d > 0 rows; the adaptive weight needs
+        # the prediction on the other rows too (on every row when the JVP uses the EMA)
+        nb = self.num_mean_rows(batch_size)
+        nograd = 2 * nb
+        if self.opts.adaptive_p > 0:
+            nograd += batch_size if self.opts.jvp_ema else batch_size - nb
+        return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": nograd}
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
         n = num_sampling_steps

@@ -210,7 +210,7 @@ def test_consistency_training_at_delta_one_regresses_the_straight_line():
     # delta = 1: t = 0, t2 = 1, F(x1, 1) = x1, so the target is (x1 - x0) / 1 whatever the network
     m = make("consistency_training", M=8, train_steps=40)
     batch = gauss_batch(64)
-    tg = m.targets(None, TinyNet(dim=1).double(), batch, 0, torch.Generator().manual_seed(0))
+    tg = m.targets(TinyNet(dim=1).double(), None, batch, 0, torch.Generator().manual_seed(0))
     assert torch.all(tg.t == 0) and torch.all(tg.d == 0)
     assert torch.allclose(tg.target, batch.x1 - batch.x0)
 
@@ -222,7 +222,7 @@ def test_consistency_training_target_by_hand():
     net = Affine(0.0, c)
     m = make("consistency_training", M=8, train_steps=40)
     batch = gauss_batch(256)
-    tg = m.targets(None, net, batch, 25, torch.Generator().manual_seed(3))  # delta = 1/4
+    tg = m.targets(net, None, batch, 25, torch.Generator().manual_seed(3))  # delta = 1/4
     t = b(tg.t, batch.x0)
     t2 = t + 0.25
     expect = ((t2 - t) * (batch.x1 - batch.x0) + (1 - t2) * 0.4) / (1 - t)
@@ -247,13 +247,48 @@ def test_consistency_distillation_has_the_exact_consistency_function_as_fixed_po
     m = make("consistency_distillation", M=M, train_steps=10, teacher=ExactStep(M))
     batch = gauss_batch(2048)
     ideal = ExactConsistency()
-    tg = m.targets(None, ideal, batch, 0, torch.Generator().manual_seed(0))
+    tg = m.targets(ideal, None, batch, 0, torch.Generator().manual_seed(0))
     assert torch.allclose(tg.target, ideal(tg.x_t, tg.t, tg.d, tg.y), atol=1e-5)  # t is float32
     assert torch.all(tg.d == 0) and torch.allclose(tg.t * M, (tg.t * M).round())
     # with the exact velocity (an Euler step) it is off by O(1/M) at most
     m = make("consistency_distillation", M=M, train_steps=10, teacher=ExactVelocity())
-    tg = m.targets(None, ideal, batch, 0, torch.Generator().manual_seed(0))
+    tg = m.targets(ideal, None, batch, 0, torch.Generator().manual_seed(0))
     assert (tg.target - ideal(tg.x_t, tg.t, tg.d, tg.y)).abs().max().item() < 0.05
+
+
+class Scalar(nn.Module):
+    """f = w (one parameter): the target network's EMA can be followed by hand."""
+
+    def __init__(self, w: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([w], dtype=torch.float64))
+
+    def forward(self, x, t, d, y):
+        return self.w.expand_as(x)
+
+
+@pytest.mark.parametrize("name", ["consistency_training", "consistency_distillation"])
+def test_consistency_target_network_is_an_ema_of_the_student(name):
+    # theta^- starts at the student (w = 1); the student moves to w = 3; after two steps with mu = 0.5:
+    # 1 -> 0.5 * 1 + 0.5 * 3 = 2 -> 0.5 * 2 + 0.5 * 3 = 2.5; the target uses theta^-: F2 = x_t2 + (1 - t2) w^-
+    student = Scalar(1.0)
+    m = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0))
+    batch = gauss_batch(64)
+    m.targets(student, None, batch, 39, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        student.w.fill_(3.0)
+    m.on_step_end(0, student, None)
+    m.on_step_end(1, student, None)
+    tg = m.targets(student, None, batch, 39, torch.Generator().manual_seed(0))
+    t = b(tg.t, tg.x_t)
+    x_t2 = tg.x_t + 0.0 if name == "consistency_distillation" else (1 - t - 0.125) * batch.x0 + (t + 0.125) * batch.x1
+    assert torch.allclose(tg.target, (x_t2 + (1 - t - 0.125) * 2.5 - tg.x_t) / (1 - t))
+    # it travels with the checkpoint; with target_decay = 0 the live weights build the target
+    m2 = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0))
+    m2.load_state_dict(m.state_dict())
+    assert m2.target_net(Scalar(7.0)).w.item() == 2.5
+    m0 = make(name, M=8, train_steps=40, target_decay=0.0, teacher=Scalar(0.0))
+    assert m0.target_net(student) is student
 
 
 def test_multistep_consistency_sampling_with_the_exact_model():
@@ -335,7 +370,7 @@ def test_meanflow_identity_with_the_exact_average_velocity():
 
 
 def test_meanflow_targets_match_a_finite_difference_reference():
-    m = make("meanflow", M=8, mean_fraction=0.25)
+    m = make("meanflow", M=8, mean_fraction=0.25, adaptive_p=0.0)
     batch = gauss_batch(64, dim=2)
     net = ExactAverage()
     tg = m.targets(net, net, batch, 0, torch.Generator().manual_seed(0))
@@ -348,6 +383,31 @@ def test_meanflow_targets_match_a_finite_difference_reference():
     eps = 1e-6
     fd = (net(xs + eps * v[:nb], ts + eps, ds - eps, ys) - net(xs - eps * v[:nb], ts - eps, ds + eps, ys)) / (2 * eps)
     assert torch.allclose(tg.target[:nb], v[:nb] + b(ds, xs) * fd, atol=1e-5)
+
+
+@pytest.mark.parametrize("jvp_ema", [False, True])
+def test_meanflow_adaptive_weight_gives_the_gradient_of_the_weighted_loss(jvp_ema):
+    # reference: the paper's loss, mean over rows of sg(w) * mean over dims (f - sg(target))^2 with
+    # w = 1 / (||target - f||^2 + c)^p, built from the unweighted targets (p = 0) of the same draw
+    torch.manual_seed(0)
+    model, ema = TinyNet().double(), TinyNet().double()
+    batch = gauss_batch(32, dim=2)
+    p, c = 1.0, 1e-3
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [q.grad.clone() for q in model.parameters()]
+
+    plain = make("meanflow", M=8, adaptive_p=0.0, jvp_ema=jvp_ema).targets(model, ema, batch, 0, torch.Generator().manual_seed(4))
+    pred = model(plain.x_t, plain.t, plain.d, plain.y)
+    w = 1 / ((pred.detach() - plain.target).pow(2).sum(1) + c) ** p
+    ref = grads((w * (pred - plain.target).pow(2).mean(1)).mean())
+
+    tg = make("meanflow", M=8, adaptive_p=p, adaptive_c=c, jvp_ema=jvp_ema).targets(model, ema, batch, 0, torch.Generator().manual_seed(4))
+    assert torch.equal(tg.x_t, plain.x_t) and torch.equal(tg.d, plain.d)
+    ours = grads((model(tg.x_t, tg.t, tg.d, tg.y) - tg.target).pow(2).mean(1).mean())  # the trainer's plain MSE
+    assert all(torch.allclose(a, b_, rtol=1e-6, atol=1e-12) for a, b_ in zip(ours, ref))
 
 
 def test_meanflow_one_step_with_the_exact_model_is_the_exact_generator():
@@ -419,7 +479,8 @@ def test_declared_passes_per_step_match_the_rows_evaluated(name):
     B, M, steps = 64, 8, 16
     teacher = NFECounter(TinyNet(num_classes=3))
     m = make(name, M=M, train_steps=steps, num_classes=3, teacher=teacher if METHODS[name].needs_teacher else None,
-             **({"num_pairs": 40} if name == "reflow" else {}))
+             **({"num_pairs": 40} if name == "reflow" else {}),
+             **({"target_decay": 0.0} if "consistency" in name else {}))  # the target network = the counted model
     model, ema = NFECounter(TinyNet(num_classes=3)), NFECounter(TinyNet(num_classes=3))
     g = torch.Generator().manual_seed(0)
     batch = Batch(x1=torch.randn(B, 2), x0=torch.randn(B, 2), y=torch.randint(0, 4, (B,)), null_class=3)
@@ -429,8 +490,9 @@ def test_declared_passes_per_step_match_the_rows_evaluated(name):
     assert declared["forward_rows"] == B and declared["backward_rows"] == B
     if name == "reflow":  # the one-off pairs (4 labels x 10 pairs x M steps), spread over the steps
         assert rows == 4 * 10 * M and declared["nograd_rows"] * steps == rows
-    elif name == "meanflow":  # one JVP call over the d > 0 rows, counted as primal + tangent
-        assert declared["nograd_rows"] == 2 * rows
+    elif name == "meanflow":  # a JVP over the d > 0 rows (primal + tangent) and f on the others (adaptive weight)
+        nb = m.num_mean_rows(B)
+        assert rows == B and declared["nograd_rows"] == 2 * nb + (B - nb)
     else:
         assert declared["nograd_rows"] == rows
 
