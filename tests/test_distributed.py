@@ -108,9 +108,14 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
                  "evaluate": evaluated.append} if rank == 0 else {}
         trainer = make_trainer(cfg, distributed=True, **hooks)
         trainer.fit()
+        dist.barrier()  # rank 0's checkpoint is on disk
+        resumed = make_trainer(cfg, distributed=True)
+        resumed.load_state_dict(torch.load(Path(out_dir) / "last.pt", weights_only=False))
+        same_streams = (torch.equal(resumed.gen.get_state(), trainer.gen.get_state())
+                        and torch.equal(resumed.data_gen.get_state(), trainer.data_gen.get_state()))
         torch.save({"model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(), "logged": logged,
-                    "evaluated": evaluated, "local_batch_size": trainer.local_batch_size},
-                   Path(out_dir) / f"rank{rank}.pt")
+                    "evaluated": evaluated, "local_batch_size": trainer.local_batch_size,
+                    "resumes_own_streams": same_streams}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -132,7 +137,8 @@ def test_two_gloo_ranks_with_half_batches_step_like_one_process_with_the_whole_b
     assert [s for s, _ in logged] == [2, 3]
     assert [v for _, v in logged] == pytest.approx([(losses[0] + losses[1]) / 2, losses[2]], rel=1e-5)
     assert ranks[0]["evaluated"] == [2] and ranks[1]["evaluated"] == [] and ranks[1]["logged"] == []
-    # the checkpoint carries every rank's random streams, and they differ
+    # the checkpoint carries every rank's random streams, they differ, and each rank resumes its own
+    assert ranks[0]["resumes_own_streams"] and ranks[1]["resumes_own_streams"]
     state = torch.load(tmp_path / "last.pt", weights_only=False)
     assert state["step"] == STEPS and len(state["rank_rng"]) == 2
     assert not torch.equal(state["rank_rng"][0][1], state["rank_rng"][1][1])
