@@ -125,11 +125,16 @@ def write_random_inception(path: Path, seed: int = 0) -> Path:
 
     from bench.checkpoint import atomic_write
 
+    import tempfile
+
     torch.manual_seed(seed)
     keep = FeatureExtractorInceptionV3.load_state_dict
     FeatureExtractorInceptionV3.load_state_dict = lambda self, *a, **k: None  # build without weights
     try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({}, Path(tmp) / "empty.pth")
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                              feature_extractor_weights_path=str(Path(tmp) / "empty.pth"))
     finally:
         FeatureExtractorInceptionV3.load_state_dict = keep
     with torch.no_grad():  # BatchNorm statistics of a plausible scale, so activations stay finite
