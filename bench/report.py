@@ -123,6 +123,65 @@ def fid_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def swept_table(df: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's FID at n = 1, 4 and M (each run's own largest n, so an M sweep compares like with
+    like) against the swept value: one row per (value, n) with the mean, the standard deviation
+    over runs (seeds) and the number of runs."""
+    key = hue_column(df)
+    fid = df[df["metric"] == "fid"]
+    rows = []
+    for run_id, run in fid.groupby("run_id"):
+        M = int(run["steps"].max())
+        for at, n in (("n = 1", 1), ("n = 4", 4), ("n = M", M)):
+            v = run.loc[run["steps"] == n, "value"]
+            if len(v):
+                rows.append({key: _numeric(run[key].iloc[0]), "at": at, "value": float(v.iloc[0]), "run_id": run_id})
+    raw = pd.DataFrame(rows)
+    table = raw.groupby([key, "at"])["value"].agg(["mean", "std", "count"]).reset_index()
+    table.attrs["raw"] = raw
+    return table
+
+
+def _numeric(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> Path:
+    """FID against the swept value, one line each for n = 1, 4 and M; mean and sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from bench.checkpoint import atomic_write
+
+    key = hue_column(df)
+    raw = swept_table(df).attrs["raw"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    sns.lineplot(data=raw, x=key, y="value", hue="at", hue_order=["n = 1", "n = 4", "n = M"], marker="o",
+                 errorbar="sd", ax=ax)
+    values = sorted(raw[key].unique())
+    if all(isinstance(v, float) for v in values):
+        if values[0] > 0 and values[-1] / values[0] >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(values)
+        ax.set_xticklabels([f"{v:g}" for v in values])
+    ax.set_yscale("log")
+    seeds = raw.groupby([key, "at"])["run_id"].nunique().max()
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"FID ({', '.join(sorted(df['feature_space'].unique()))} features)")
+    ax.set_title(f"{title}: FID against {key}" + (f", mean and sd over {seeds} seeds" if seeds > 1 else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    plt.close(fig)
+    return path
+
+
 def write_report(experiment: str, out: Path | None = None, uri: str | None = None) -> list[Path]:
     from bench.checkpoint import atomic_write
 
@@ -135,6 +194,10 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
     written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(df.to_csv(index=False).encode()))]
     written.append(plot_fid_vs_steps(df, out / "fid_vs_steps.png", experiment))
     written.append(atomic_write(out / "table.md", lambda fh: fh.write(fid_table(df).encode())))
+    if hue_column(df) not in ("method", "seed"):  # one method's sweep: FID against the swept value too
+        written.append(plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment))
+        table = swept_table(df).to_csv(index=False, float_format="%.6g")
+        written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(table.encode())))
     return written
 
 
