@@ -141,13 +141,18 @@ def prepare_latents(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Encode images once with a Stable Diffusion VAE into a memory-mapped latents folder."""
+    import time
+
     from bench.latents import prepare_latents as prepare, read_metadata
 
+    t0 = time.perf_counter()
     path = prepare(data, vae, out, resolution=resolution, batch_size=batch_size, device=device, workers=workers,
                    dtype=dtype, progress=not quiet)
+    seconds = time.perf_counter() - t0
     meta = read_metadata(path)
     typer.echo(f"wrote {meta['num_samples']} latents of shape {tuple(meta['latent_shape'])} "
-               f"(scaling {meta['scaling_factor']:g}, {meta['num_classes']} classes) to {path}")
+               f"(scaling {meta['scaling_factor']:g}, {meta['num_classes']} classes) to {path} "
+               f"in {seconds:.1f} s ({meta['num_samples'] / seconds:.1f} images/s)")
     typer.echo(f"train on them with --data latents:{path}")
 
 

@@ -175,6 +175,7 @@ def prepare_latents(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual mode
     try:
+        workers = min(workers, os.cpu_count() or 1)
         loader = torch.utils.data.DataLoader(_Rows(data), batch_size=batch_size, shuffle=False, num_workers=workers)
         arr = None
         labels = np.full(len(data), -1, dtype=np.int64)
