@@ -59,7 +59,8 @@ def config_hash(cfg: Config) -> str:
 
 
 def find_unfinished_run(cfg: Config, experiment: str) -> str:
-    """The newest run of this configuration in `experiment` that did not finish and has a checkpoint."""
+    """The newest run of this configuration in `experiment` that did not finish and that no live
+    process holds (a run killed before its first checkpoint restarts from step 0 in the same run)."""
     from bench.tracking import client, tracking_uri
 
     c = client(tracking_uri())
@@ -67,16 +68,60 @@ def find_unfinished_run(cfg: Config, experiment: str) -> str:
     runs = [] if exp is None else c.search_runs(
         [exp.experiment_id], f"tags.config_hash = '{config_hash(cfg)}'", order_by=["attributes.start_time DESC"])
     for r in runs:
-        if r.info.status != "FINISHED" and (checkpoint_dir(r.info.run_id) / "last.pt").is_file():
+        if r.info.status != "FINISHED" and not run_is_live(r.info.run_id):
             return r.info.run_id
-    raise BenchError(f"No unfinished run of this configuration with a checkpoint in experiment {experiment!r}; nothing to resume.")
+    raise BenchError(f"No unfinished run of this configuration in experiment {experiment!r}; nothing to resume.")
+
+
+def _lock_path(run_id: str) -> Path:
+    return checkpoint_dir(run_id) / ".lock"
+
+
+def run_is_live(run_id: str) -> bool:
+    """True while a process holds the run's lock (it is training or evaluating right now)."""
+    import fcntl
+
+    path = _lock_path(run_id)
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+class RunLock:
+    """Held for the whole life of a run; the OS drops it when the process dies (even on SIGKILL)."""
+
+    def __init__(self, run_id: str):
+        self.path = _lock_path(run_id)
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise BenchError(f"Run {self.path.parent.name} is still running in another process.") from None
+        return self
+
+    def release(self) -> None:
+        self.fh.close()
 
 
 def config_of_run(run_id: str) -> tuple[Config, str]:
     """The configuration and experiment name of a run, from its last checkpoint and the store."""
     from bench.tracking import client, tracking_uri
 
-    state = ckpt.load(checkpoint_dir(run_id) / "last.pt")
+    state, _ = ckpt.load_latest(checkpoint_dir(run_id) / "last.pt")
+    if state is None:
+        raise BenchError(f"Run {run_id} has no checkpoint under {checkpoint_dir(run_id)}; resume it with `bench run ... --resume`.")
     c = client(tracking_uri())
     try:
         run = c.get_run(run_id)
@@ -160,9 +205,11 @@ def execute(
     resume_state = None
     if resume_run_id:
         path = checkpoint_dir(resume_run_id) / "last.pt"
-        resume_state = ckpt.load(path) if path.is_file() else None
+        resume_state, _ = ckpt.load_latest(path, warn=echo)  # None: died before its first checkpoint
         if resume_state is not None and resume_state.get("config") != cfg.to_dict():
             raise BenchError(f"Run {resume_run_id} was started with another configuration; resume it without new overrides.")
+        if run_is_live(resume_run_id):
+            raise BenchError(f"Run {resume_run_id} is still running in another process.")
 
     tracker = Tracker(
         experiment,
@@ -173,6 +220,7 @@ def execute(
         resume_run_id=resume_run_id,
         uri=uri,
     )
+    lock = RunLock(tracker.run_id).acquire()  # --resume never picks a run a live process holds
     status = "FAILED"
     try:
         if on_run is not None:
@@ -198,6 +246,7 @@ def execute(
         raise
     finally:
         tracker.end(status)
+        lock.release()
 
 
 def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str, Any] | None = None, *,

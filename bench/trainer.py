@@ -213,7 +213,7 @@ class Trainer:
                 self._flush()
                 rank_rng = self._gather_rank_rng() if self.world_size > 1 else None  # collective: all ranks take part
                 if self.checkpoint_path:
-                    checkpoint.save(self.state_dict(rank_rng), self.checkpoint_path)
+                    checkpoint.save_rotating(self.state_dict(rank_rng), self.checkpoint_path)
             if (self.evaluate or self.world_size > 1) and tc.eval_every and self.step % tc.eval_every == 0 and not last:
                 self._flush()  # under DDP a collective: ranks without the evaluate hook flush here too
                 if self.evaluate:
