@@ -206,7 +206,8 @@ def execute(
     if resume_run_id:
         path = checkpoint_dir(resume_run_id) / "last.pt"
         resume_state, _ = ckpt.load_latest(path, warn=echo)  # None: died before its first checkpoint
-        if resume_state is not None and resume_state.get("config") != cfg.to_dict():
+        # through Config: keys added to the harness since the checkpoint take their defaults
+        if resume_state is not None and Config.from_dict(resume_state["config"]).to_dict() != cfg.to_dict():
             raise BenchError(f"Run {resume_run_id} was started with another configuration; resume it without new overrides.")
         if run_is_live(resume_run_id):
             raise BenchError(f"Run {resume_run_id} is still running in another process.")

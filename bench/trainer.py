@@ -40,7 +40,6 @@ class Trainer:
     """Holds model, EMA, optimiser, step and random state; `fit()` runs to `train.steps`.
 
     log(metrics, step): receives train/* scalars every `train.log_every` steps.
-    on_checkpoint(path, step): called after each atomic checkpoint write.
     evaluate(step): called every `train.eval_every` steps (0 = never during training).
     checkpoint_extra(): extra entries stored in every checkpoint (e.g. the MLflow run id).
     distributed: data parallel over the initialised torch.distributed group: every rank builds a
