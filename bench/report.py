@@ -1,7 +1,8 @@
 """`bench report`: reads ONLY the tracking store and writes, per experiment,
 fid_vs_steps.png (seaborn, x = sampling steps on a log2 axis, one line per method or swept
 value, spread over seeds), metrics.csv (one row per run, metric and step) and table.md
-(FID at M, 4 and 1 steps, the paper's layout)."""
+(FID at M, 4 and 1 steps, the paper's layout); with several methods also fid_vs_compute.png (FID at
+1, 4 and M steps against each run's training compute, teacher included)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             "swept": ",".join(swept),
             "train_examples": float(params.get("budget.train_examples", "nan")),
             "teacher_examples": float(params.get("budget.teacher_examples", 0) or 0),
+            "train_compute": training_compute(params),
         }
         for k in swept:
             base[k] = params.get(k)
@@ -57,6 +59,53 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             for m in c.get_metric_history(run.info.run_id, key):
                 rows.append({**base, "steps": int(m.step), "metric": key, "value": float(m.value)})
     return pd.DataFrame(rows)
+
+
+def training_compute(params: dict[str, str]) -> float:
+    """Rows through the network over the whole training, teacher included, a backward counted as two
+    forwards: steps x (forward + 2 backward + no-grad rows per step), from the run's budget.* params."""
+
+    def part(prefix: str) -> float:
+        steps = float(params.get(f"budget.{prefix}train_steps", 0) or 0)
+        rows = [float(params.get(f"budget.{prefix}{k}_rows_per_step", "nan")) for k in ("forward", "backward", "nograd")]
+        return steps * (rows[0] + 2 * rows[1] + rows[2]) if steps else 0.0
+
+    return part("") + part("teacher_")
+
+
+def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> Path:
+    """FID against training compute (teacher included), one panel per n in (1, 4, M), mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from bench.checkpoint import atomic_write
+
+    fid = df[df["metric"] == "fid"]
+    M = int(fid["steps"].max())
+    cols = [s for s in (1, 4, M) if s in set(fid["steps"])]
+    pts = fid[fid["steps"].isin(cols)].groupby(["method", "steps"], as_index=False)[["train_compute", "value"]].mean()
+    order = sorted(pts["method"].unique(), key=_sort_key)
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 4.0), dpi=120, sharey=True, squeeze=False)
+    for ax, n in zip(axes[0], cols):
+        sns.scatterplot(data=pts[pts["steps"] == n], x="train_compute", y="value", hue="method", hue_order=order,
+                        style="method", style_order=order, s=70, ax=ax, legend=ax is axes[0][-1])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{n} sampling step{'s' if n > 1 else ''}")
+        ax.set_xlabel("training compute (network rows)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("FID")
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1))
+    fig.suptitle(f"{title}: FID against training compute (rows through the network, a backward = 2 forwards, "
+                 f"teacher included)", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    plt.close(fig)
+    return path
 
 
 def hue_column(df: pd.DataFrame) -> str:
@@ -194,6 +243,8 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
     written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(df.to_csv(index=False).encode()))]
     written.append(plot_fid_vs_steps(df, out / "fid_vs_steps.png", experiment))
     written.append(atomic_write(out / "table.md", lambda fh: fh.write(fid_table(df).encode())))
+    if hue_column(df) == "method" and df["train_compute"].gt(0).any():  # methods side by side: FID per unit of training
+        written.append(plot_fid_vs_compute(df, out / "fid_vs_compute.png", experiment))
     if hue_column(df) not in ("method", "seed"):  # one method's sweep: FID against the swept value too
         written.append(plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment))
         table = swept_table(df).to_csv(index=False, float_format="%.6g")
