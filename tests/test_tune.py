@@ -407,6 +407,7 @@ def test_killed_driver_resumes_unfinished_trials_in_their_own_runs(tmp_path, own
     # each Ray trial's own checkpoint names its MLflow run
     import json
 
+    assert len(list((isolated_store / "ray").glob("sweep-*"))) == 1  # the Tune experiment was restored, not redone
     ray_dirs = list((isolated_store / "ray").glob("sweep-*/trial_*"))
     held = set()
     for d in ray_dirs:
