@@ -99,15 +99,16 @@ def test_kill_at_a_random_step_and_resume_matches_an_uninterrupted_run(isolated_
     ref = _bench(*args, "--experiment", "straight")
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
 
-    victim = _bench(*args, "--experiment", "killed")
     ckpt_root = isolated_store / "checkpoints"
+    before = set(ckpt_root.glob("*/last.pt"))  # the uninterrupted run's
+    victim = _bench(*args, "--experiment", "killed")
     deadline = time.time() + 300
-    while time.time() < deadline and not list(ckpt_root.glob("*/last.pt")):
+    while time.time() < deadline and not set(ckpt_root.glob("*/last.pt")) - before:
         time.sleep(0.05)
     time.sleep(random.uniform(0.0, 1.5))  # somewhere after the first checkpoint, unknown where
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    (last,) = list(ckpt_root.glob("*/last.pt"))
+    (last,) = set(ckpt_root.glob("*/last.pt")) - before
     run_id = last.parent.name
     killed_at = ckpt.load_latest(last)[0]["step"]
     c = client()
