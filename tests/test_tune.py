@@ -288,7 +288,7 @@ def test_sampling_time_sweep_on_local_ray_trains_once_and_leaves_nothing_running
         assert [m.step for m in c.get_metric_history(r.info.run_id, "fid")] == [1, 2, 4]
         assert r.data.tags["sweep.keys"] == "method.cfg_scale"
     assert _ray_processes(own_ray_tmp) == []
-    assert os.listdir(own_ray_tmp) == []  # the local Ray's temp dir is gone too
+    assert [p for p in os.listdir(own_ray_tmp) if p.startswith("bench-sweep-")] == []  # its temp dir is gone too
 
 
 @pytest.mark.slow
@@ -343,7 +343,8 @@ def test_killed_driver_resumes_unfinished_trials_in_their_own_runs(tmp_path, own
               for a in ("--set", s)], "--set", "train.checkpoint_every=300", "--set", "train.threads=1"]
     experiment = "smoke-steps-shortcut"
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     c = None
     short = long_ = None
     deadline = time.time() + 400
@@ -351,8 +352,8 @@ def test_killed_driver_resumes_unfinished_trials_in_their_own_runs(tmp_path, own
         while time.time() < deadline:
             time.sleep(0.3)
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-            if not (isolated_store / "mlflow.db").exists():
-                continue
+            if "parent run" not in (tmp_path / "driver.log").read_text():
+                continue  # opening the store while the driver creates it would race its migrations
             c = c or client()
             exp = c.get_experiment_by_name(experiment)
             if exp is None:
