@@ -155,20 +155,19 @@ def _sort_key(v):
 
 
 def fid_table(df: pd.DataFrame) -> str:
-    """Markdown: rows = method (or swept value), columns = FID at M, 4 and 1 steps (mean over seeds)."""
+    """Markdown: rows = method (or swept value), columns = FID at M (each row's own largest n), 4 and
+    1 steps (mean over runs, with the standard deviation when there are several)."""
     fid = df[df["metric"] == "fid"]
     hue = hue_column(df)
-    M = int(fid["steps"].max())
-    cols = [s for s in (M, 4, 1) if s in set(fid["steps"])]
-    lines = [f"| {hue} | " + " | ".join(f"{s} step{'s' if s > 1 else ''}" for s in cols) + " | seeds |",
-             "|---|" + "---|" * (len(cols) + 1)]
+    lines = [f"| {hue} | M | FID at M steps | 4 steps | 1 step | runs |", "|---|---|---|---|---|---|"]
     for key in sorted(fid[hue].unique(), key=_sort_key):
         sub = fid[fid[hue] == key]
+        M = int(sub["steps"].max())
         vals = []
-        for s in cols:
+        for s in (M, 4, 1):
             v = sub[sub["steps"] == s]["value"]
-            vals.append(f"{v.mean():.4g}" + (f" ± {v.std():.2g}" if len(v) > 1 else ""))
-        lines.append(f"| {key} | " + " | ".join(vals) + f" | {sub['seed'].nunique()} |")
+            vals.append("n/a" if v.empty else f"{v.mean():.4g}" + (f" ± {v.std():.2g}" if len(v) > 1 else ""))
+        lines.append(f"| {key} | {M} | " + " | ".join(vals) + f" | {sub['run_id'].nunique()} |")
     return "\n".join(lines) + "\n"
 
 
