@@ -165,6 +165,23 @@ def run_params(p: Prepared) -> dict[str, Any]:
     }
 
 
+def open_tracker(p: Prepared, experiment: str, run_name: str, extra_tags: dict[str, str] | None,
+                 parent_run_id: str | None, resume_run_id: str | None, uri: str):
+    """The MLflow run of one configuration: its name and the tags every run carries."""
+    from bench.tracking import Tracker, git_commit
+
+    cfg = p.cfg
+    return Tracker(
+        experiment,
+        run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
+        tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
+              "git_commit": git_commit(), "config_hash": config_hash(cfg), **(extra_tags or {})},
+        parent_run_id=parent_run_id,
+        resume_run_id=resume_run_id,
+        uri=uri,
+    )
+
+
 def execute(
     cfg: Config,
     experiment: str | None = None,
@@ -184,7 +201,7 @@ def execute(
     on_run(run_id): called once the MLflow run exists (a sweep trial keeps the id in its Ray checkpoint).
     resume_run_id: continue that run from its last.pt, or from step 0 when it died before its first checkpoint.
     """
-    from bench.tracking import Tracker, check_reachable, git_commit, tracking_uri
+    from bench.tracking import check_reachable, tracking_uri
 
     experiment = experiment or cfg.profile
     p = prepare(cfg, progress=progress, teacher=teacher)
@@ -212,15 +229,7 @@ def execute(
         if run_is_live(resume_run_id):
             raise BenchError(f"Run {resume_run_id} is still running in another process.")
 
-    tracker = Tracker(
-        experiment,
-        run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
-        tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
-              "git_commit": git_commit(), "config_hash": config_hash(cfg), **(extra_tags or {})},
-        parent_run_id=parent_run_id,
-        resume_run_id=resume_run_id,
-        uri=uri,
-    )
+    tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
     lock = RunLock(tracker.run_id).acquire()  # --resume never picks a run a live process holds
     status = "FAILED"
     try:
@@ -302,7 +311,7 @@ def evaluate_checkpoint(
     """Evaluate a trained checkpoint's EMA weights under `cfg` without training, in a run with the
     same metric layout as `execute`: sampling-time settings (flow matching's CFG scale, eval.*) swept
     on one trained model. `cfg` may differ from the checkpoint's own config only where sampling reads it."""
-    from bench.tracking import Tracker, check_reachable, git_commit, tracking_uri
+    from bench.tracking import check_reachable, tracking_uri
 
     experiment = experiment or cfg.profile
     state = ckpt.load(checkpoint)
@@ -317,15 +326,7 @@ def evaluate_checkpoint(
     p.model.load_state_dict(state["ema"])
     p.method.load_state_dict(state.get("method", {}))
     model = p.model.to(p.device).requires_grad_(False).eval()
-    tracker = Tracker(
-        experiment,
-        run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
-        tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
-              "git_commit": git_commit(), "config_hash": config_hash(cfg), **(extra_tags or {})},
-        parent_run_id=parent_run_id,
-        resume_run_id=resume_run_id,
-        uri=uri,
-    )
+    tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
     status = "FAILED"
     try:
         if on_run is not None:
