@@ -108,14 +108,17 @@ def from_checkpoint_state(state: dict[str, Any], student: Config, data, device, 
 
 def load_from_run(run_id: str, student: Config, data, device, source: str = "run") -> Teacher:
     """A finished run's artifact checkpoint/final.pt."""
-    from bench.tracking import client, tracking_uri
+    from bench.tracking import client, is_local_sqlite, tracking_uri
 
     uri = tracking_uri()
+    missing = f"Teacher {run_id!r} is neither a checkpoint file nor a run in the tracking store {uri}."
+    if is_local_sqlite(uri) and not Path(uri[len("sqlite:///"):]).is_file():
+        raise BenchError(missing)  # no store yet: nothing to look up (and none is created by looking)
     c = client(uri)
     try:
         run = c.get_run(run_id)
     except Exception:
-        raise BenchError(f"Teacher {run_id!r} is neither a checkpoint file nor a run in the tracking store {uri}.") from None
+        raise BenchError(missing) from None
     if run.info.status != "FINISHED":
         raise BenchError(f"Teacher run {run_id} has not finished (status {run.info.status}); "
                          f"continue it with `bench resume {run_id}` or pick a finished run.")
