@@ -39,6 +39,7 @@ class ModelConfig:
     depth: int = 3  # hidden layers (mlp) or transformer blocks (dit)
     heads: int = 4  # attention heads (dit)
     patch: int = 2  # patch size (dit)
+    d_scale: float = 1.0  # sinusoid scale of the step-size input d (t uses 1000): 1 keeps the levels d = 1/M, ..., 1 close, so they share what they learn
 
 
 @dataclass
@@ -363,6 +364,8 @@ def validate(cfg: Config) -> None:
         raise BenchError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}.")
     if cfg.model.arch not in ("mlp", "dit"):
         raise BenchError(f"model.arch must be mlp or dit, got {cfg.model.arch!r}.")
+    if not cfg.model.d_scale > 0:
+        raise BenchError(f"model.d_scale must be > 0, got {cfg.model.d_scale}.")
     if cfg.eval.fid_backend not in ("torch-fidelity", "clean-fid"):
         raise BenchError(f"eval.fid_backend must be torch-fidelity or clean-fid, got {cfg.eval.fid_backend!r}.")
     if cfg.eval.features not in ("auto", "coords", "digits-classifier", "inception", "raw"):

@@ -11,10 +11,11 @@ w = 1 / (||target - f||^2 + c)^p (sg) goes through the trainer's plain MSE by re
 u + w (target - u), u = sg(f(x_t, t, d)): the same gradient as w ||f - target||^2 (the logged
 train/loss is then the weighted one; train/mse_unweighted is the plain error). Without it
 (p = 0) the target's d * df/dt feeds back on itself and training diverges on the toy profiles.
-The network is fed (x, s t, s d, y) with s = time_input_scale (0.01): the backbones embed 1000 t
-and 1000 d with sinusoids, and the JVP differentiates through them, so frequencies up to 1000
-make d * df/dt explode (measured on smoke, 2000 steps: 1-step mode share 0.20 at s = 1 against
-0.64 with the embedding's frequencies cut 1000-fold). The other methods never differentiate in t.
+The network is fed (x, s t, d, y) with s = time_input_scale (0.01): the backbones embed 1000 t
+with sinusoids, and the JVP differentiates through them, so frequencies up to 1000 make
+d * df/dt explode (measured on smoke, 2000 steps: 1-step mode share 0.20 at s = 1 against 0.64
+with the embedding's frequencies cut 1000-fold). d needs no scaling: the backbones embed it at
+model.d_scale (1, smooth). The other methods never differentiate in t.
 Sampling: Euler with d = 1/n; CFG at scale w (when w != 1) at every step.
 """
 
@@ -39,7 +40,7 @@ class MeanFlowOptions(MethodOptions):
     jvp_ema: bool = False  # build the target with the EMA weights (the paper: the live weights, stop-gradient)
     adaptive_p: float = 1.0  # adaptive loss weight w = 1 / (||target - f||^2 + c)^p (the paper: p = 1; 0 = plain MSE)
     adaptive_c: float = 1e-3  # the c of the adaptive weight
-    time_input_scale: float = 0.01  # the network sees (x, s t, s d): the backbones embed 1000 t with sinusoids, and frequencies up to 1000 blow up d * df/dt
+    time_input_scale: float = 0.01  # the network sees (x, s t, d): the backbones embed 1000 t with sinusoids, and frequencies up to 1000 blow up d * df/dt
 
     def validate(self) -> None:
         check_fraction("method.mean_fraction", self.mean_fraction)
@@ -54,7 +55,7 @@ class MeanFlowOptions(MethodOptions):
 
 
 def average_velocity_jvp(net, x, t, d, y, v, time_input_scale: float = 1.0):
-    """(u, D u) for u(x, t, d) = net(x, s t, s d, y), s = time_input_scale, with D u the JVP along the
+    """(u, D u) for u(x, t, d) = net(x, s t, d, y), s = time_input_scale, with D u the JVP along the
     tangent (v, 1, -1) in (x, t, d); no graph is kept.
 
     x, v: (B, *shape); t, d: (B,). Attention runs on the math kernel (the fused CPU/flash kernels
@@ -62,7 +63,7 @@ def average_velocity_jvp(net, x, t, d, y, v, time_input_scale: float = 1.0):
     net = getattr(net, "_orig_mod", net)  # differentiate the eager module, not a torch.compile wrapper
     s = time_input_scale
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        return jvp(lambda x_, t_, d_: net(x_, s * t_, s * d_, y), (x, t, d), (v, torch.ones_like(t), -torch.ones_like(d)))
+        return jvp(lambda x_, t_, d_: net(x_, s * t_, d_, y), (x, t, d), (v, torch.ones_like(t), -torch.ones_like(d)))
 
 
 class MeanFlow(Method):
@@ -93,7 +94,7 @@ class MeanFlow(Method):
         x_t = interpolate(x0, x1, t)
         v = x1 - x0
         net = ema if self.opts.jvp_ema else model
-        ts, ds = self.opts.time_input_scale * t, self.opts.time_input_scale * d  # what the network is fed
+        ts, ds = self.opts.time_input_scale * t, d  # what the network is fed
         target = v.clone()
         info: dict = {}
         with torch.no_grad():
@@ -129,5 +130,5 @@ class MeanFlow(Method):
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
         n, s = num_sampling_steps, self.opts.time_input_scale
-        v = velocity(model, x, full(s * t, x), full(s / n, x), y, self.opts.cfg_scale, self.null_class)
+        v = velocity(model, x, full(s * t, x), full(1.0 / n, x), y, self.opts.cfg_scale, self.null_class)
         return x + v / n

@@ -37,6 +37,7 @@ def test_overrides_bare_and_dotted_and_fractions():
         ("shortcut", ["flow_d=half"], "method.flow_d must be zero or min"),
         ("flow_matching", ["k=0.25"], "Unknown config key 'k' for method flow_matching"),
         ("shortcut", ["novalue"], "--set takes key=value"),
+        ("shortcut", ["model.d_scale=0"], "model.d_scale must be > 0"),
     ],
 )
 def test_bad_input_is_one_sentence(method, overrides, message):

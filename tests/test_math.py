@@ -195,3 +195,31 @@ def test_flow_matching_target_and_grid():
     torch.testing.assert_close(tg.target, batch.x1 - batch.x0)
     assert set((tg.t * 8).round().long().tolist()) == set(range(8))
     assert (tg.d == 0).all()
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dit"])
+def test_d_scale_sets_the_step_size_embedding(arch):
+    """model.d_scale reaches the backbone: the sinusoid of d (not of t) changes with it, and d = 0
+    (the flow query) embeds the same at every scale."""
+    from bench.config import ModelConfig
+    from bench.models import build_model
+    from bench.models.embed import sinusoidal
+
+    shape = (2,) if arch == "mlp" else (1, 4, 4)
+    nets = []
+    for scale in (1.0, 1000.0):
+        torch.manual_seed(0)
+        nets.append(build_model(ModelConfig(arch=arch, hidden=32, depth=2, heads=2, patch=2, d_scale=scale), shape, 3))
+    if arch == "dit":  # adaLN-zero starts at zero output: perturb so the conditioning shows
+        for net in nets:
+            torch.manual_seed(1)
+            for p in net.parameters():
+                p.data += 0.1 * torch.randn_like(p)
+    x, t, y = torch.randn(5, *shape), torch.rand(5), torch.tensor([0, 1, 2, 3, 0])
+    d = torch.full((5,), 0.25)
+    with torch.no_grad():
+        assert not torch.allclose(nets[0](x, t, d, y), nets[1](x, t, d, y), atol=1e-4)
+        zero = torch.zeros(5)
+        torch.testing.assert_close(nets[0](x, t, zero, y), nets[1](x, t, zero, y))
+    v = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(sinusoidal(v, 8, scale=2.0), sinusoidal(2 * v, 8, scale=1.0))

@@ -15,7 +15,7 @@ from bench.models.mlp import MLP
 def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The backbone for data of `shape` (without batch) with `num_classes` labels (0 = unconditional)."""
     if cfg.arch == "mlp":
-        return MLP(shape, num_classes, hidden=cfg.hidden, depth=cfg.depth)
+        return MLP(shape, num_classes, hidden=cfg.hidden, depth=cfg.depth, d_scale=cfg.d_scale)
     if len(shape) != 3:
         raise BenchError(f"model.arch = dit needs image-shaped data (C, H, W), got shape {shape}; use model.arch = mlp.")
     if cfg.preset:
@@ -25,7 +25,7 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> n
     else:
         hidden, depth, heads, patch = cfg.hidden, cfg.depth, cfg.heads, cfg.patch
     try:
-        return DiT(shape, num_classes, hidden=hidden, depth=depth, heads=heads, patch=patch)
+        return DiT(shape, num_classes, hidden=hidden, depth=depth, heads=heads, patch=patch, d_scale=cfg.d_scale)
     except ValueError as e:
         raise BenchError(str(e)) from None
 

@@ -75,7 +75,7 @@ class Block(nn.Module):
 
 class DiT(nn.Module):
     def __init__(self, shape: tuple[int, int, int], num_classes: int, hidden: int = 128, depth: int = 4,
-                 heads: int = 4, patch: int = 2):
+                 heads: int = 4, patch: int = 2, d_scale: float = 1.0):
         super().__init__()
         C, H, W = shape
         if H != W or H % patch:
@@ -86,7 +86,7 @@ class DiT(nn.Module):
         self.hidden, self.depth = hidden, depth
         self.embed = nn.Conv2d(C, hidden, kernel_size=patch, stride=patch)
         self.register_buffer("pos", sincos_2d(hidden, self.grid)[None], persistent=False)
-        self.cond = Conditioning(num_classes, hidden)
+        self.cond = Conditioning(num_classes, hidden, d_scale)
         self.blocks = nn.ModuleList(Block(hidden, heads) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
