@@ -118,6 +118,12 @@ class Config:
         from methods import get_method
 
         method_cls = get_method(d["method_name"])
+        d = {**d, "model": dict(d["model"])}
+        if "d_scale" not in d["model"]:
+            # stored before model.d_scale existed: d was embedded at 1000, and MeanFlow fed the network
+            # time_input_scale * d, the same as embedding d at 1000 * time_input_scale
+            legacy = 1000.0 * (float(d["method"].get("time_input_scale", 1.0)) if d["method_name"] == "meanflow" else 1.0)
+            d["model"]["d_scale"] = legacy
         return cls(
             method_name=d["method_name"],
             profile=d["profile"],

@@ -67,3 +67,15 @@ def test_round_trip():
 
     cfg = resolve("shortcut", "smoke", ["k=0.5"])
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_stored_config_from_before_d_scale_keeps_its_embedding():
+    """A checkpoint's config written before model.d_scale existed loads with the embedding it was
+    trained with: d at 1000, MeanFlow's time_input_scale * d at 1000 (= d at 1000 * s)."""
+    from bench.config import Config
+
+    for method, expected in (("shortcut", 1000.0), ("meanflow", 10.0), ("flow_matching", 1000.0)):
+        stored = resolve(method, "smoke").to_dict()
+        del stored["model"]["d_scale"]
+        assert Config.from_dict(stored).model.d_scale == pytest.approx(expected)
+    assert resolve("shortcut", "smoke").model.d_scale == 1.0
