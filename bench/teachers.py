@@ -94,7 +94,10 @@ def from_checkpoint_state(state: dict[str, Any], student: Config, data, device, 
     if dataclasses.asdict(tcfg.data) != dataclasses.asdict(student.data):
         raise BenchError(f"Teacher {where} was trained on data {tcfg.data.spec!r} with other data settings than this run "
                          f"({student.data.spec!r}); use a teacher trained on the same data.")
-    if dataclasses.asdict(tcfg.model) != dataclasses.asdict(student.model):
+    # d_scale is no weight, and a flow-matching teacher is only queried at d = 0, whose embedding is the
+    # same at every scale: the teacher keeps its own, the student (and a copy of the teacher) its own
+    shapes = lambda m: {k: v for k, v in dataclasses.asdict(m).items() if k != "d_scale"}  # noqa: E731
+    if shapes(tcfg.model) != shapes(student.model):
         raise BenchError(f"Teacher {where} has another architecture ({dataclasses.asdict(tcfg.model)}) than this run's "
                          f"model ({dataclasses.asdict(student.model)}); the student starts from the teacher, so they must match.")
     weights = state["ema"] if "ema" in state else state["model"]

@@ -82,3 +82,15 @@ def test_bad_teachers_fail_in_one_sentence_before_the_student_run_is_created():
         resolve("meanflow", "smoke", ["teacher=abc"])
     exp = client().get_experiment_by_name("t")
     assert len(client().search_runs([exp.experiment_id])) == 2  # only the two teachers-to-be
+
+
+def test_a_teacher_with_another_d_scale_is_accepted_and_keeps_its_own():
+    """model.d_scale is no weight, and the flow teacher is only queried at d = 0: a teacher trained
+    with another d_scale (e.g. before the key existed, 1000) distils into a student with its own."""
+    fm = run("flow_matching", "model.d_scale=1000")
+    st = run("progressive", "train.steps=0", f"teacher={fm.run_id}")
+    teacher_state = load(checkpoint_dir(fm.run_id) / "final.pt")
+    student_state = load(checkpoint_dir(st.run_id) / "final.pt")
+    assert teacher_state["config"]["model"]["d_scale"] == 1000.0
+    assert student_state["config"]["model"]["d_scale"] == 1.0
+    assert all(torch.equal(student_state["model"][k], teacher_state["ema"][k]) for k in teacher_state["ema"])
