@@ -122,7 +122,7 @@ class Trainer:
             tg = self.method.targets(self.fmodel, self.fema, batch, self.step, self.gen)
             pred = self.ftrain(tg.x_t, tg.t, tg.d, tg.y)
         per_row = (pred.float() - tg.target.float()).pow(2).flatten(1).mean(1)
-        loss = per_row.mean()
+        loss = per_row.mean() if tg.weight is None else (per_row * tg.weight).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.train.grad_clip > 0:

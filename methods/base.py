@@ -32,10 +32,11 @@ class Batch:
 
 @dataclass
 class Targets:
-    """What the trainer regresses: model(x_t, t, d, y) ~ target (plain MSE).
+    """What the trainer regresses: model(x_t, t, d, y) ~ target (MSE, each row times its weight).
 
     x_t: (B, *shape); t, d: (B,) float; y: (B,) long; target: (B, *shape).
     info: scalar diagnostics (loss split, magnitudes), detached.
+    weight: (B,) loss weight per row, None = 1 (the plain mean).
     """
 
     x_t: Tensor
@@ -44,6 +45,7 @@ class Targets:
     y: Tensor
     target: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)
+    weight: Tensor | None = None
 
 
 @dataclass

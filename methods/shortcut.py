@@ -25,6 +25,7 @@ class ShortcutOptions(MethodOptions):
     bootstrap_ema: bool = True  # build self-consistency targets with the EMA weights
     clip: float = 4.0  # clip the intermediate point and the target to [-clip, clip] (0 = off)
     flow_d: str = "zero"  # d fed to flow-matching queries: "zero" (paper) or "min" (1/M, authors' code)
+    bootstrap_weight: float = 1.0  # loss weight of the self-consistency rows against the flow rows (paper: 1)
 
     def validate(self) -> None:
         check_fraction("method.k", self.k)
@@ -32,6 +33,8 @@ class ShortcutOptions(MethodOptions):
             raise BenchError(f"method.flow_d must be zero or min, got {self.flow_d!r}.")
         if self.clip < 0:
             raise BenchError(f"method.clip must be >= 0, got {self.clip}.")
+        if not self.bootstrap_weight > 0:
+            raise BenchError(f"method.bootstrap_weight must be > 0, got {self.bootstrap_weight}.")
 
 
 class Shortcut(Method):
@@ -95,6 +98,7 @@ class Shortcut(Method):
             y=y,
             target=torch.cat([v_b, v_f]),
             info={"row_group/bootstrap": groups, "row_group/flow": ~groups},
+            weight=None if self.opts.bootstrap_weight == 1.0 else torch.where(groups, self.opts.bootstrap_weight, 1.0).to(x1.dtype),
         )
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:

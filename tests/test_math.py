@@ -223,3 +223,31 @@ def test_d_scale_sets_the_step_size_embedding(arch):
         torch.testing.assert_close(nets[0](x, t, zero, y), nets[1](x, t, zero, y))
     v = torch.tensor([0.0, 0.5, 1.0])
     torch.testing.assert_close(sinusoidal(v, 8, scale=2.0), sinusoidal(2 * v, 8, scale=1.0))
+
+
+def test_shortcut_bootstrap_weight_weighs_the_self_consistency_rows():
+    """bootstrap_weight = 1 (the paper) is the plain mean; w != 1 puts w on the k B bootstrap rows,
+    and the trainer's loss is the weighted mean of the per-row errors."""
+    from bench.config import resolve
+    from bench.run import prepare
+    from bench.trainer import Trainer
+
+    batch = make_batch(B=16)
+    plain = Shortcut(ShortcutOptions(M=8, k=0.25), num_classes=0)
+    assert plain.targets(_Zero(), _Zero(), batch, 0, torch.Generator().manual_seed(0)).weight is None
+    weighted = Shortcut(ShortcutOptions(M=8, k=0.25, bootstrap_weight=4.0), num_classes=0)
+    tg = weighted.targets(_Zero(), _Zero(), batch, 0, torch.Generator().manual_seed(0))
+    boot = tg.info["row_group/bootstrap"]
+    assert int(boot.sum()) == 4 and torch.equal(tg.weight, torch.where(boot, 4.0, 1.0).double())
+
+    cfg = resolve("shortcut", "smoke", ["train.steps=1", "bootstrap_weight=4", "train.batch_size=32", "model.hidden=16"])
+    p = prepare(cfg, progress=False)
+    loss, parts = Trainer(cfg, p.method, p.model, p.data, p.device, progress=False).train_step()
+    nb = p.method.num_bootstrap_rows(32)
+    expected = (4.0 * nb * parts["loss_bootstrap"] + (32 - nb) * parts["loss_flow"]) / 32
+    torch.testing.assert_close(loss, expected)
+
+
+class _Zero(nn.Module):
+    def forward(self, x, t, d, y):
+        return torch.zeros_like(x)
