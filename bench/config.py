@@ -119,11 +119,8 @@ class Config:
 
         method_cls = get_method(d["method_name"])
         d = {**d, "model": dict(d["model"])}
-        if "d_scale" not in d["model"]:
-            # stored before model.d_scale existed: d was embedded at 1000, and MeanFlow fed the network
-            # time_input_scale * d, the same as embedding d at 1000 * time_input_scale
-            legacy = 1000.0 * (float(d["method"].get("time_input_scale", 1.0)) if d["method_name"] == "meanflow" else 1.0)
-            d["model"]["d_scale"] = legacy
+        if "d_scale" not in d["model"]:  # stored before the key existed: the scale it was trained with
+            d["model"]["d_scale"] = method_cls.legacy_d_scale(d["method"])
         return cls(
             method_name=d["method_name"],
             profile=d["profile"],

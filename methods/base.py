@@ -76,6 +76,11 @@ class Method:
 
     init_from_teacher: ClassVar[bool] = False  # the student starts as a copy of the teacher's weights
 
+    @classmethod
+    def legacy_d_scale(cls, options: dict) -> float:
+        """model.d_scale of a stored config written before the key existed: d was embedded at 1000."""
+        return 1000.0
+
     def __init__(self, opts: MethodOptions, num_classes: int, teacher: nn.Module | None = None, train_steps: int = 0):
         self.opts = opts
         self.num_classes = num_classes

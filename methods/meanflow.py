@@ -73,6 +73,11 @@ class MeanFlow(Method):
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
     Options = MeanFlowOptions
 
+    @classmethod
+    def legacy_d_scale(cls, options: dict) -> float:
+        # before model.d_scale, MeanFlow fed the network s * d into the 1000 embedding: d at 1000 s
+        return 1000.0 * float(options.get("time_input_scale", 1.0))
+
     def num_mean_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.mean_fraction))
 
