@@ -42,7 +42,8 @@ def main() -> None:
             while n <= M:
                 out[n] = sample(p.method, net, x0, y, n, torch.Generator().manual_seed(0))
                 n *= 2
-        print(f"run {run_id}: {cfg.method_name}, {cfg.data.spec}, {cfg.train.steps} steps, model.d_scale = {cfg.model.d_scale:g}")
+        print(f"run {run_id}: {cfg.method_name}, {cfg.data.spec}, {cfg.train.steps} steps, model.d_scale = {cfg.model.d_scale:g}; "
+              f"EMA weights, {args.samples} samples, noise seed {args.seed}")
         print("     n   |x_n - x_2n|^2   |x_n - x_M|^2   (mean per dimension)")
         n = 1
         while n < M:
