@@ -3,8 +3,9 @@
 One network s(x_t, t, d) trained on two targets in every batch:
 - (1 - k) B flow-matching rows: v = x1 - x0 at t on the 1/M grid, queried at the flow d;
 - k B self-consistency rows: s(x_t, t, 2d) = sg((s(x_t, t, d) + s(x'_{t+d}, t + d, d)) / 2),
-  x'_{t+d} = x_t + d s(x_t, t, d), with 2d in {1, 1/2, ..., 2/M} uniform over levels and t on
-  the grid of multiples of 2d. Small steps of size 1/M are flow queries; with CFG they use
+  x'_{t+d} = x_t + d s(x_t, t, d), with 2d in {1, 1/2, ..., 2/M} uniform over levels (or, with
+  levels = "large", a quarter each at 1 and 1/2 as the authors' bootstrap_dt_bias) and t on the
+  grid of multiples of 2d. Small steps of size 1/M are flow queries; with CFG they use
   guided velocities at the training-time scale w ("bootstrap CFG").
 """
 
@@ -26,6 +27,9 @@ class ShortcutOptions(MethodOptions):
     clip: float = 4.0  # clip the intermediate point and the target to [-clip, clip] (0 = off)
     flow_d: str = "zero"  # d fed to flow-matching queries: "zero" (paper) or "min" (1/M, authors' code)
     bootstrap_weight: float = 1.0  # loss weight of the self-consistency rows against the flow rows (paper: 1)
+    # levels of the self-consistency rows: "uniform" over d_big in {1, ..., 2/M} (paper), or "large" (the
+    # authors' bootstrap_dt_bias): 1/4 of the rows at d_big = 1, 1/4 at 1/2, the rest uniform over the others
+    levels: str = "uniform"
 
     def validate(self) -> None:
         check_fraction("method.k", self.k)
@@ -33,6 +37,8 @@ class ShortcutOptions(MethodOptions):
             raise BenchError(f"method.flow_d must be zero or min, got {self.flow_d!r}.")
         if self.clip < 0:
             raise BenchError(f"method.clip must be >= 0, got {self.clip}.")
+        if self.levels not in ("uniform", "large"):
+            raise BenchError(f"method.levels must be uniform or large, got {self.levels!r}.")
         if not self.bootstrap_weight > 0:
             raise BenchError(f"method.bootstrap_weight must be > 0, got {self.bootstrap_weight}.")
 
@@ -50,6 +56,13 @@ class Shortcut(Method):
 
     def num_bootstrap_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.k)) if self.opts.M > 1 else 0
+
+    def level_probs(self) -> torch.Tensor:
+        """P(level j), d_big = 2^-j for j = 0 (d_big = 1) ... log2(M) - 1 (d_big = 2/M)."""
+        L = int(math.log2(self.opts.M))
+        if self.opts.levels == "uniform" or L <= 2:
+            return torch.full((L,), 1.0 / L)
+        return torch.tensor([0.25, 0.25] + [0.5 / (L - 2)] * (L - 2))
 
     def _clip(self, v):
         return v.clamp(-self.opts.clip, self.opts.clip) if self.opts.clip > 0 else v
@@ -76,7 +89,12 @@ class Shortcut(Method):
         v_f = x1[nb:] - x0[nb:]
 
         # self-consistency rows: level j -> d_big = 2^-j in {1, ..., 2/M}, t on multiples of d_big
-        j = torch.randint(0, int(math.log2(M)), (nb,), generator=generator, device=dev)
+        if nb == 0:  # M = 1: flow matching rows only
+            j = torch.zeros(0, dtype=torch.long, device=dev)
+        elif self.opts.levels == "uniform":
+            j = torch.randint(0, int(math.log2(M)), (nb,), generator=generator, device=dev)
+        else:
+            j = torch.multinomial(self.level_probs().to(dev), nb, replacement=True, generator=generator)
         cells = 2**j
         d_big = 1.0 / cells.to(x1.dtype)
         t_b = grid_times(nb, cells, generator, dev)

@@ -122,6 +122,39 @@ def test_shortcut_targets_by_hand():
     assert small.any()
 
 
+@pytest.mark.parametrize("levels", ["uniform", "large"])
+def test_shortcut_level_shares(levels):
+    """levels = uniform: each d_big in {1, ..., 2/M} gets 1/log2(M) of the self-consistency rows (paper);
+    levels = large (the authors' bootstrap_dt_bias): 1/4 at d_big = 1, 1/4 at 1/2, the other 1/2 spread
+    over the log2(M) - 2 smaller levels. Shares counted over 40,000 rows (standard error <= 0.0022)."""
+    M, B = 128, 160_000
+    sc = Shortcut(ShortcutOptions(M=M, k=0.25, levels=levels), num_classes=0)
+    batch = make_batch(B=B)
+    tg = sc.targets(_Zero(), _Zero(), batch, 0, torch.Generator().manual_seed(5))
+    d_big = tg.d[tg.info["row_group/bootstrap"]]
+    counts = torch.stack([(d_big == 2.0**-j).sum() for j in range(7)])
+    assert counts.sum() == len(d_big) == 40_000  # every row on one of the 7 levels
+    share = counts.double() / len(d_big)
+    want = [1 / 7] * 7 if levels == "uniform" else [1 / 4, 1 / 4] + [1 / 10] * 5
+    torch.testing.assert_close(share, torch.tensor(want, dtype=torch.float64), atol=0.01, rtol=0)
+    tb = tg.t[tg.info["row_group/bootstrap"]]
+    assert torch.allclose(tb / d_big, torch.round(tb / d_big)) and (tb < 1).all()  # t on the level's grid
+
+
+def test_shortcut_large_levels_with_few_levels():
+    """M = 4 has two levels (d_big = 1 and 1/2): large and uniform coincide; M = 2 has only d_big = 1;
+    M = 1 has no self-consistency rows: every row is a flow-matching row."""
+    for M, want in ((4, [0.5, 0.5]), (2, [1.0])):
+        sc = Shortcut(ShortcutOptions(M=M, levels="large"), num_classes=0)
+        torch.testing.assert_close(sc.level_probs(), torch.tensor(want))
+    for levels in ("uniform", "large"):
+        sc = Shortcut(ShortcutOptions(M=1, levels=levels), num_classes=0)
+        batch = make_batch(B=64)
+        tg = sc.targets(_Zero(), _Zero(), batch, 0, torch.Generator().manual_seed(0))
+        assert (tg.d == 0).all() and not tg.info["row_group/bootstrap"].any()
+        torch.testing.assert_close(tg.target, batch.x1 - batch.x0)
+
+
 def test_shortcut_target_of_the_exact_model_is_the_exact_shortcut():
     M = 32
     sc = Shortcut(ShortcutOptions(M=M, k=0.5, clip=0.0), num_classes=0)
