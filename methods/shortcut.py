@@ -25,7 +25,10 @@ class ShortcutOptions(MethodOptions):
     k: float = 0.25  # bootstrap_fraction: share of each batch on self-consistency targets (paper 1/4, authors' code 1/8)
     bootstrap_ema: bool = True  # build self-consistency targets with the EMA weights
     clip: float = 4.0  # clip the intermediate point and the target to [-clip, clip] (0 = off)
-    flow_d: str = "zero"  # d fed to flow-matching queries: "zero" (paper) or "min" (1/M, authors' code)
+    # d fed to flow-matching queries: "zero" (paper), "min" (1/M, authors' code) or "apart" (-1: a code of
+    # its own; with a smooth d embedding, 0 and 1/M sit next to the smallest level 2/M, whose guided
+    # targets then leak into the unguided flow query when cfg_scale != 1: see results/README.md)
+    flow_d: str = "zero"
     bootstrap_weight: float = 1.0  # loss weight of the self-consistency rows against the flow rows (paper: 1)
     # levels of the self-consistency rows: "uniform" over d_big in {1, ..., 2/M} (paper), or "large" (the
     # authors' bootstrap_dt_bias): 1/4 of the rows at d_big = 1, 1/4 at 1/2, the rest uniform over the others
@@ -33,8 +36,8 @@ class ShortcutOptions(MethodOptions):
 
     def validate(self) -> None:
         check_fraction("method.k", self.k)
-        if self.flow_d not in ("zero", "min"):
-            raise BenchError(f"method.flow_d must be zero or min, got {self.flow_d!r}.")
+        if self.flow_d not in ("zero", "min", "apart"):
+            raise BenchError(f"method.flow_d must be zero, min or apart, got {self.flow_d!r}.")
         if self.clip < 0:
             raise BenchError(f"method.clip must be >= 0, got {self.clip}.")
         if self.levels not in ("uniform", "large"):
@@ -52,7 +55,7 @@ class Shortcut(Method):
 
     @property
     def flow_d(self) -> float:
-        return 0.0 if self.opts.flow_d == "zero" else 1.0 / self.opts.M
+        return {"zero": 0.0, "min": 1.0 / self.opts.M, "apart": -1.0}[self.opts.flow_d]
 
     def num_bootstrap_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.k)) if self.opts.M > 1 else 0

@@ -34,7 +34,7 @@ def test_overrides_bare_and_dotted_and_fractions():
         ("shortcut", ["k=0"], "method.k must be in (0, 1)"),
         ("shortcut", ["eval.steps=3"], "3 sampling steps do not divide M = 128"),
         ("shortcut", ["train.lr=fast"], "train.lr expects a number"),
-        ("shortcut", ["flow_d=half"], "method.flow_d must be zero or min"),
+        ("shortcut", ["flow_d=half"], "method.flow_d must be zero, min or apart"),
         ("shortcut", ["levels=big"], "method.levels must be uniform or large"),
         ("flow_matching", ["k=0.25"], "Unknown config key 'k' for method flow_matching"),
         ("shortcut", ["novalue"], "--set takes key=value"),

@@ -60,7 +60,7 @@ def test_shortcut_at_M_uses_the_flow_query():
             seen.append(float(d[0]))
             return torch.zeros_like(x)
 
-    for flow_d, expect in (("zero", 0.0), ("min", 1 / 8)):
+    for flow_d, expect in (("zero", 0.0), ("min", 1 / 8), ("apart", -1.0)):
         seen.clear()
         sc = Shortcut(ShortcutOptions(M=8, flow_d=flow_d), num_classes=0)
         sample_with(sc, Spy(), torch.zeros(2, 2), 8)
@@ -68,6 +68,23 @@ def test_shortcut_at_M_uses_the_flow_query():
     seen.clear()
     sample_with(Shortcut(ShortcutOptions(M=8), num_classes=0), Spy(), torch.zeros(2, 2), 4)
     assert seen == [0.25] * 4
+
+
+def test_shortcut_flow_d_apart_gives_every_flow_query_its_own_code():
+    """flow_d = apart: the flow rows and the half steps of size 1/M (flow queries) are asked at d = -1,
+    away from every step size, so nothing is asked at 0 or 1/M; larger half steps keep their d."""
+    M, queried = 8, []
+
+    class Spy(nn.Module):
+        def forward(self, x, t, d, y):
+            queried.append(d.clone())
+            return torch.zeros_like(x)
+
+    sc = Shortcut(ShortcutOptions(M=M, k=0.5, flow_d="apart"), num_classes=0)
+    tg = sc.targets(Spy(), Spy(), make_batch(B=256), 0, torch.Generator().manual_seed(0))
+    assert (tg.d[tg.info["row_group/flow"]] == -1).all()
+    half = set(torch.cat(queried).tolist())
+    assert half == {-1.0, 1 / 4, 1 / 2}  # d_big = 2/M -> flow query; d_big = 1/2, 1 -> d = 1/4, 1/2
 
 
 class Affine(nn.Module):
