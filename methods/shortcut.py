@@ -94,7 +94,7 @@ class Shortcut(Method):
         # self-consistency rows: level j -> d_big = 2^-j in {1, ..., 2/M}, t on multiples of d_big
         if nb == 0:  # M = 1: flow matching rows only
             j = torch.zeros(0, dtype=torch.long, device=dev)
-        elif self.opts.levels == "uniform":
+        elif self.opts.levels == "uniform":  # randint, not level_probs(): the random stream of earlier runs stays
             j = torch.randint(0, int(math.log2(M)), (nb,), generator=generator, device=dev)
         else:
             j = torch.multinomial(self.level_probs().to(dev), nb, replacement=True, generator=generator)

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 
 def sinusoidal(v: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
-    """(B,) in [0, 1] -> (B, dim) sin/cos features of scale * v, frequencies 1 down to 1e-4.
+    """(B,) -> (B, dim) sin/cos features of scale * v, frequencies 1 down to 1e-4. t and d lie in
+    [0, 1], except the shortcut's flow query with flow_d = apart, d = -1 (a code away from every step).
 
     t uses scale 1000 (DiT's convention). d uses the model's d_scale (default 1): at 1000 the levels
     d = 1/128, ..., 1 get unrelated codes (arguments up to 1000 rad), so each level of a shortcut
