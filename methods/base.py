@@ -21,13 +21,18 @@ class Batch:
     """One training batch after the shared preparation (label dropout already applied).
 
     x1: (B, *shape) data; x0: (B, *shape) noise; y: (B,) long labels, null_class where dropped
-    or unconditional.
+    or unconditional; y_kept: (B,) the labels before dropout (None: no dropout, the same as y).
     """
 
     x1: Tensor
     x0: Tensor
     y: Tensor
     null_class: int
+    y_kept: Tensor | None = None
+
+    def labels_kept(self) -> Tensor:
+        """(B,) labels without label dropout, for rows a method exempts from it."""
+        return self.y if self.y_kept is None else self.y_kept
 
 
 @dataclass
