@@ -93,6 +93,15 @@ class Method:
         self.teacher = teacher
         self.train_steps = train_steps  # train.steps: curricula and stages are pure functions of (step, train_steps)
 
+    @property
+    def eval_weights(self) -> str:
+        """The weights evaluation samples with: "ema" (the default) or "live" (the trained model itself)."""
+        return "ema"
+
+    def run_params(self, batch_size: int) -> dict[str, Any]:
+        """Derived values worth logging beside the resolved config (batch_size: rows per process and step)."""
+        return {}
+
     # -- training -------------------------------------------------------------------
     def targets(self, model: nn.Module, ema: nn.Module, batch: Batch, step: int, generator: torch.Generator) -> Targets:
         raise NotImplementedError
