@@ -82,6 +82,11 @@ class Method:
     init_from_teacher: ClassVar[bool] = False  # the student starts as a copy of the teacher's weights
 
     @classmethod
+    def is_sampling_time(cls, name: str, options: MethodOptions) -> bool:
+        """Whether option `name` is read only when sampling, under these resolved options (sweeps ask)."""
+        return name in cls.sampling_time_options
+
+    @classmethod
     def legacy_d_scale(cls, options: dict) -> float:
         """model.d_scale of a stored config written before the key existed: d was embedded at 1000."""
         return 1000.0

@@ -147,3 +147,114 @@ def test_authors_recipe_evaluates_the_live_weights():
         p.model.load_state_dict(state[weights])
         fid[weights] = p.evaluator.evaluate(p.method, p.model.to(p.device), 1).metrics["fid"]
     assert out.results[1]["fid"] == fid["model"] != fid["ema"]
+
+
+# ----------------------------------------------------------------------------- consistency training: schedule = song
+
+
+def test_song_schedule_against_the_formulas():
+    from methods.consistency import song_num_points, song_target_decay
+
+    K = 1000
+    # N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1, s0 = 2, s1 = 150, worked out by hand:
+    # k = 0: sqrt(4) = 2 -> 2; k = K: sqrt(151^2) = 151 -> 151; k = K/2: sqrt(0.5 (22801 - 4) + 4) = 106.78 -> 107
+    assert [song_num_points(k, K, 2, 150) for k in (0, 500, 1000)] == [2, 107, 151]
+    assert song_num_points(1, K, 2, 150) == 6  # sqrt(0.001 * 22797 + 4) = 5.18: ceil(4.18) + 1
+    Ns = [song_num_points(k, K, 2, 150) for k in range(K + 1)]
+    assert all(a <= b_ for a, b_ in zip(Ns, Ns[1:]))
+    # mu(k) = exp(s0 log(mu0) / N(k)): mu0 at N = s0, 0.9^(2/151) at the end
+    assert song_target_decay(2, 2, 0.9) == pytest.approx(0.9)
+    assert song_target_decay(151, 2, 0.9) == pytest.approx(0.9 ** (2 / 151)) == pytest.approx(0.998605, abs=1e-6)
+
+
+def test_consistency_training_song_targets_and_target_ema():
+    from methods import METHODS
+    from methods.consistency import song_num_points, song_target_decay
+
+    class Scalar(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([w], dtype=torch.float64))
+
+        def forward(self, x, t, d, y):
+            return self.w.expand_as(x)
+
+    K, k = 100, 50
+    opts = METHODS["consistency_training"].Options(M=8, schedule="song")
+    opts.validate()
+    m = METHODS["consistency_training"](opts, 0, None, train_steps=K)
+    N = song_num_points(k, K, 2, 150)
+    assert N == 107 and m.delta(k) == 1 / 106 and m.target_decay(k) == pytest.approx(song_target_decay(N, 2, 0.9))
+    g = torch.Generator().manual_seed(0)
+    B = 4096
+    x0, x1 = torch.randn(B, 1, generator=g, dtype=torch.float64), torch.randn(B, 1, generator=g, dtype=torch.float64)
+    batch = Batch(x1=x1, x0=x0, y=torch.zeros(B, dtype=torch.long), null_class=0)
+    student = Scalar(1.0)
+    tg = m.targets(student, None, batch, k, torch.Generator().manual_seed(1))
+    i = torch.round(tg.t * 106)
+    assert torch.allclose(tg.t, i / 106) and i.max() == 105 and len(i.unique()) > 90  # N - 1 cells on [0, 1)
+    t, t2 = tg.t[:, None], (i[:, None] + 1) / 106
+    x_t2 = (1 - t2) * x0 + t2 * x1  # F(x_t2, t2) = x_t2 + (1 - t2) w^- with w^- = 1 (the student's copy)
+    assert torch.allclose(tg.target, (x_t2 + (1 - t2) * 1.0 - tg.x_t) / (1 - t))
+    # after step k the target network moves toward the student by 1 - mu(k)
+    with torch.no_grad():
+        student.w.fill_(3.0)
+    m.on_step_end(k, student, None)
+    mu = song_target_decay(N, 2, 0.9)
+    assert m.target_net(student).w.item() == pytest.approx(mu * 1.0 + (1 - mu) * 3.0)
+    with pytest.raises(BenchError, match="method.schedule must be authors or song"):
+        resolve("consistency_training", "smoke", ["schedule=karras"])
+
+
+def test_consistency_training_authors_schedule_is_unchanged():
+    from methods.consistency import ct_delta
+
+    m = resolve("consistency_training", "smoke", ["M=8", "train.steps=40"])
+    from methods import METHODS
+
+    ct = METHODS["consistency_training"](m.method, 0, None, train_steps=40)
+    assert [ct.delta(s) for s in range(40)] == [ct_delta(s, 40, 8) for s in range(40)]
+    assert all(ct.target_decay(s) == 0.95 for s in (0, 39))
+
+
+# ----------------------------------------------------------------------------- progressive: cfg = sampling | baked
+
+
+class LabelAffine(nn.Module):
+    """f(x, t, d, y) = c[y] (the null label is the last entry)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x, t, d, y):
+        return self.c[y][:, None].expand_as(x)
+
+
+@pytest.mark.parametrize("cfg", ["sampling", "baked"])
+def test_progressive_cfg_baked_guides_the_first_stage_teacher(cfg):
+    from bench.sampling import count_nfe
+    from methods import METHODS
+
+    c = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)  # two classes and the null label
+    w = 3.0
+    cls = METHODS["progressive"]
+    opts = cls.Options(M=4, cfg_scale=w, cfg=cfg)
+    opts.validate()
+    m = cls(opts, 2, LabelAffine(c), train_steps=20)
+    B = 64
+    y = torch.arange(B) % 3
+    batch = Batch(x1=torch.zeros(B, 2, dtype=torch.float64), x0=torch.zeros(B, 2, dtype=torch.float64), y=y, null_class=2)
+    tg = m.targets(None, None, batch, 0, torch.Generator().manual_seed(0))
+    guided = c[2] + w * (c[y] - c[2])  # v_u + w (v_c - v_u); the null rows get v_u
+    want = guided if cfg == "baked" else c[y]
+    assert torch.allclose(tg.target, want[:, None].expand(B, 2))
+    # later stages: the teacher is the student copy, queried without guidance either way
+    m.refresh_teacher(LabelAffine(c))
+    tg2 = m.targets(None, None, batch, 19, torch.Generator().manual_seed(0))
+    assert torch.allclose(tg2.target, c[y][:, None].expand(B, 2))
+    # sampling: baked takes one unguided pass per step; sampling guides every step
+    net = LabelAffine(torch.tensor([1.0, 2.0, 0.5]))
+    assert count_nfe(m, net, torch.zeros(3, 2), torch.tensor([0, 1, 0]), 2) == (2 if cfg == "baked" else 4)
+    # a sweep over cfg_scale retrains per scale only when the scale is baked in
+    assert cls.is_sampling_time("cfg_scale", opts) == (cfg == "sampling")
