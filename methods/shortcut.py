@@ -136,14 +136,14 @@ class Shortcut(Method):
         return authors_level_counts(num_rows, self.num_levels, self.opts.levels == "authors_bias")
 
     def run_params(self, batch_size: int) -> dict[str, object]:
-        """The level shares of the self-consistency rows at this (per-process) batch size, exact or expected."""
+        """The level shares of the self-consistency rows at this (per-process) batch size: exact for the
+        fixed allocations, expected for the per-row draws."""
         nb = self.num_bootstrap_rows(batch_size)
         if nb == 0:
-            return {"method.bootstrap_rows": 0}
+            return {}
         counts = self.level_counts(nb)
         shares = [c / nb for c in counts] if counts is not None else self.level_probs().tolist()
-        return {"method.bootstrap_rows": nb,
-                "method.level_shares": ",".join(f"{Fraction(2.0**-j).limit_denominator()}:{s:.4g}" for j, s in enumerate(shares))}
+        return {"method.level_shares": ",".join(f"{Fraction(2.0**-j).limit_denominator()}:{s:.4g}" for j, s in enumerate(shares))}
 
     def _clip(self, v):
         return v.clamp(-self.opts.clip, self.opts.clip) if self.opts.clip > 0 else v

@@ -66,11 +66,10 @@ def test_authors_allocation_matches_their_construction(rows, M, bias):
 
 def test_level_shares_are_logged_for_the_runs_batch():
     m = Shortcut(resolve("shortcut", "smoke", ["recipe=authors", "levels=authors_bias"]).method, num_classes=0)
-    p = m.run_params(256)
-    assert p["method.bootstrap_rows"] == 32
-    assert p["method.level_shares"] == "1:0.4375,1/2:0.25,1/4:0.0625,1/8:0.0625,1/16:0.0625,1/32:0.0625,1/64:0.0625"
+    assert m.run_params(256)["method.level_shares"] == "1:0.4375,1/2:0.25,1/4:0.0625,1/8:0.0625,1/16:0.0625,1/32:0.0625,1/64:0.0625"
     uniform = Shortcut(resolve("shortcut", "smoke", []).method, num_classes=0).run_params(256)
-    assert uniform["method.bootstrap_rows"] == 64 and uniform["method.level_shares"].startswith("1:0.1429,1/2:0.1429")
+    assert uniform["method.level_shares"].startswith("1:0.1429,1/2:0.1429")
+    assert m.run_params(24)["method.level_shares"].startswith("1:1,1/2:0,")  # 3 rows: 3 // 4 = 0 at 1/2, the rest at 1
 
 
 def test_recipe_sets_the_defaults_and_an_explicit_knob_wins():
