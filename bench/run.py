@@ -151,6 +151,8 @@ def run_params(p: Prepared) -> dict[str, Any]:
     return {
         **p.cfg.flat(),
         **p.evaluator.params(),
+        "eval.weights": p.method.eval_weights,
+        **p.method.run_params(p.cfg.train.batch_size // p.cfg.train.workers),
         "data.name": p.data.name,
         "data.size": len(p.data),
         "data.shape": "x".join(map(str, p.data.shape)),
@@ -270,9 +272,12 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
     main = tracker is not None
     ckpt_path = checkpoint_dir(run_id) / "last.pt"
 
+    def weights() -> torch.nn.Module:
+        return trainer.model if p.method.eval_weights == "live" else trainer.ema
+
     def evaluate_during(step: int) -> None:
         for n in cfg.sampling_steps():
-            r = p.evaluator.evaluate(p.method, trainer.ema, n)
+            r = p.evaluator.evaluate(p.method, weights(), n)
             tracker.log_metrics({f"during/{k}_n{n}": v for k, v in r.metrics.items()}, step)
 
     trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path if main else None,
@@ -291,7 +296,7 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
                "method": p.method.state_dict(), "step": trainer.step,
                "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
     tracker.log_artifact(final, "checkpoint")
-    return evaluate_all(p, trainer.ema, tracker, progress=progress, echo=echo)
+    return evaluate_all(p, weights(), tracker, progress=progress, echo=echo)
 
 
 def evaluate_checkpoint(
@@ -308,7 +313,7 @@ def evaluate_checkpoint(
     echo=print,
     on_run=None,
 ) -> RunOutcome:
-    """Evaluate a trained checkpoint's EMA weights under `cfg` without training, in a run with the
+    """Evaluate a trained checkpoint's EMA weights (or live ones, Method.eval_weights) under `cfg` without training, in a run with the
     same metric layout as `execute`: sampling-time settings (flow matching's CFG scale, eval.*) swept
     on one trained model. `cfg` may differ from the checkpoint's own config only where sampling reads it."""
     from bench.tracking import check_reachable, tracking_uri
@@ -323,7 +328,7 @@ def evaluate_checkpoint(
         p.evaluator.extractor()
     uri = tracking_uri()
     check_reachable(uri)
-    p.model.load_state_dict(state["ema"])
+    p.model.load_state_dict(state["model" if p.method.eval_weights == "live" else "ema"])
     p.method.load_state_dict(state.get("method", {}))
     model = p.model.to(p.device).requires_grad_(False).eval()
     tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)

@@ -106,14 +106,14 @@ class Trainer:
         x1, y = self.data.get(idx)
         x1 = x1.to(self.device, non_blocking=True)
         if y is None:
-            y = torch.full((B,), self.null_class, dtype=torch.long, device=self.device)
+            y = y_kept = torch.full((B,), self.null_class, dtype=torch.long, device=self.device)
         else:
-            y = y.to(self.device, non_blocking=True)
+            y = y_kept = y.to(self.device, non_blocking=True)  # a method may exempt rows from dropout (Batch.labels_kept)
             if self.cfg.train.label_dropout > 0:
                 drop = torch.rand(B, generator=self.gen, device=self.device) < self.cfg.train.label_dropout
                 y = torch.where(drop, torch.full_like(y, self.null_class), y)
         x0 = torch.randn(x1.shape, generator=self.gen, device=self.device, dtype=x1.dtype)
-        return Batch(x1=x1, x0=x0, y=y, null_class=self.null_class)
+        return Batch(x1=x1, x0=x0, y=y, null_class=self.null_class, y_kept=y_kept)
 
     def train_step(self) -> tuple[Tensor, dict[str, Tensor]]:
         """One optimiser step; returns the loss and per-row-group losses as tensors (no host sync)."""

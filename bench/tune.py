@@ -262,11 +262,12 @@ def canonical_key(key: str, method_name: str) -> str:
     return resolve_key(key, types, method_name, valid)
 
 
-def decide_time(key: str, said: str, method_cls: type, where: Path) -> tuple[str, str | None]:
-    """(training | sampling, a note when the method overrides the file)."""
+def decide_time(key: str, said: str, method_cls: type, where: Path, options=None) -> tuple[str, str | None]:
+    """(training | sampling, a note when the method overrides the file); options: the base config's method options."""
     section, _, name = key.partition(".")
     if section == "method":
-        t = "sampling" if name in method_cls.sampling_time_options else "training"
+        sampling = method_cls.is_sampling_time(name, options) if options is not None else name in method_cls.sampling_time_options
+        t = "sampling" if sampling else "training"
         note = None if t == said else f"{key} is {t}-time for {method_cls.name} (the sweep file says {said}-time)"
         return t, note
     if said == "sampling" and section != "eval":
@@ -315,7 +316,7 @@ def build_plan(method: str, profile: str | None = None, overrides: list = (), sw
             if full in set_keys:
                 raise BenchError(f"Config key {full} is both swept (by {f.path}) and set with --set; drop one.")
             owner[full], canon[k.key] = f.path, full
-            times[full], note = decide_time(full, k.time, method_cls, f.path)
+            times[full], note = decide_time(full, k.time, method_cls, f.path, base.method)
             if note:
                 notes.append(note)
     resources: dict[str, float] = {}

@@ -21,13 +21,18 @@ class Batch:
     """One training batch after the shared preparation (label dropout already applied).
 
     x1: (B, *shape) data; x0: (B, *shape) noise; y: (B,) long labels, null_class where dropped
-    or unconditional.
+    or unconditional; y_kept: (B,) the labels before dropout (None: no dropout, the same as y).
     """
 
     x1: Tensor
     x0: Tensor
     y: Tensor
     null_class: int
+    y_kept: Tensor | None = None
+
+    def labels_kept(self) -> Tensor:
+        """(B,) labels without label dropout, for rows a method exempts from it."""
+        return self.y if self.y_kept is None else self.y_kept
 
 
 @dataclass
@@ -77,6 +82,11 @@ class Method:
     init_from_teacher: ClassVar[bool] = False  # the student starts as a copy of the teacher's weights
 
     @classmethod
+    def is_sampling_time(cls, name: str, options: MethodOptions) -> bool:
+        """Whether option `name` is read only when sampling, under these resolved options (sweeps ask)."""
+        return name in cls.sampling_time_options
+
+    @classmethod
     def legacy_d_scale(cls, options: dict) -> float:
         """model.d_scale of a stored config written before the key existed: d was embedded at 1000."""
         return 1000.0
@@ -87,6 +97,15 @@ class Method:
         self.null_class = num_classes  # the CFG token
         self.teacher = teacher
         self.train_steps = train_steps  # train.steps: curricula and stages are pure functions of (step, train_steps)
+
+    @property
+    def eval_weights(self) -> str:
+        """The weights evaluation samples with: "ema" (the default) or "live" (the trained model itself)."""
+        return "ema"
+
+    def run_params(self, batch_size: int) -> dict[str, Any]:
+        """Derived values worth logging beside the resolved config (batch_size: rows per process and step)."""
+        return {}
 
     # -- training -------------------------------------------------------------------
     def targets(self, model: nn.Module, ema: nn.Module, batch: Batch, step: int, generator: torch.Generator) -> Targets:

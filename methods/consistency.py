@@ -6,8 +6,14 @@ queried at d = 0, the flow teacher's query, so a student copied from the teacher
 teacher's denoiser E[x1 | x_t]. Two times on one path, t < t2 = t + delta; the target keeps
 F_theta(x_t, t) = sg(F_ema(x_t2, t2)), written as a velocity target for the shared MSE:
   target = (sg(F_ema(x_t2, t2)) - x_t) / (1 - t).
-- training (CT): x_t2 = (1 - t2) x0 + t2 x1 with the same x0, x1; delta = 1, 1/2, ..., 1/M in
-  equal phases of train.steps (coarse to fine), t on the grid of multiples of delta;
+- training (CT): x_t2 = (1 - t2) x0 + t2 x1 with the same x0, x1, t on the grid of multiples of
+  delta, delta coarse to fine over train.steps (`schedule`):
+  "authors" (their code): delta = 1, 1/2, ..., 1/M in equal phases, target EMA mu = target_decay;
+  "song" (Song et al. 2023): N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 points,
+  s0 = 2, s1 = 150, K = train.steps, and the adaptive target EMA mu(k) = exp(s0 log(mu0) / N(k)),
+  mu0 = 0.9. Their N points are spaced in EDM's sigma with rho = 7; here they are spaced evenly in
+  t on [0, 1] (delta = 1 / (N(k) - 1)), the grid the authors' phases use (phase p is N = 2^p + 1),
+  so the two schedules differ in N(k) and mu(k) only;
 - distillation (CD): x_t2 = x_t + delta T(x_t, t, 0) with the flow teacher T, delta = 1/M, t on
   the 1/M grid; the student starts as a copy of the teacher.
 Sampling with n steps (multistep consistency sampling): x1_hat = F(x, t), then
@@ -39,6 +45,17 @@ def ct_delta(step: int, train_steps: int, M: int) -> float:
     return 2.0 ** -ct_phase(step, train_steps, M)
 
 
+def song_num_points(step: int, train_steps: int, s0: int, s1: int) -> int:
+    """Song et al.'s N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1: s0 at k = 0, s1 + 1 at k = K."""
+    frac = step / train_steps if train_steps > 0 else 1.0
+    return math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
+
+
+def song_target_decay(num_points: int, s0: int, mu0: float) -> float:
+    """Song et al.'s adaptive target EMA mu(k) = exp(s0 log(mu0) / N(k))."""
+    return math.exp(s0 * math.log(mu0) / num_points)
+
+
 @dataclass
 class ConsistencyOptions(MethodOptions):
     target_decay: float = 0.95  # EMA decay mu of the target network theta^- (Song et al.'s CD: 0.95); 0 = the live weights (as iCT)
@@ -46,6 +63,23 @@ class ConsistencyOptions(MethodOptions):
     def validate(self) -> None:
         if not 0.0 <= self.target_decay < 1.0:
             raise BenchError(f"method.target_decay must be in [0, 1), got {self.target_decay}.")
+
+
+@dataclass
+class ConsistencyTrainingOptions(ConsistencyOptions):
+    schedule: str = "authors"  # delta curriculum and target EMA: "authors" (log2(M) + 1 phases, target_decay) or "song" (N(k), mu(k))
+    s0: int = 2  # song: N(0) = s0, the first number of points
+    s1: int = 150  # song: N(K) = s1 + 1, the last
+    mu0: float = 0.9  # song: the target EMA at N = s0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.schedule not in ("authors", "song"):
+            raise BenchError(f"method.schedule must be authors or song, got {self.schedule!r}.")
+        if not 2 <= self.s0 <= self.s1:
+            raise BenchError(f"method.s0 and method.s1 need 2 <= s0 <= s1, got s0 = {self.s0}, s1 = {self.s1}.")
+        if not 0.0 < self.mu0 < 1.0:
+            raise BenchError(f"method.mu0 must be in (0, 1), got {self.mu0}.")
 
 
 @dataclass
@@ -69,9 +103,18 @@ class _Consistency(Method):
         v = velocity(net, x, t, torch.zeros_like(t), y, cfg_scale, self.null_class)
         return x + bshape(1 - t, x) * v
 
+    def target_decay(self, step: int) -> float:
+        """mu: the EMA decay of the target network after training step `step`."""
+        return self.opts.target_decay
+
+    @property
+    def live_target(self) -> bool:
+        """theta^- is the student itself (mu = 0, as iCT)."""
+        return self.opts.target_decay == 0.0
+
     def target_net(self, model):
         """theta^-: starts as a copy of the student (the teacher's weights for CD), then follows it as an EMA."""
-        if self.opts.target_decay == 0.0:
+        if self.live_target:
             return model
         if self._target_net is None:
             self._target_net = copy.deepcopy(getattr(model, "_orig_mod", model)).requires_grad_(False).eval()
@@ -84,7 +127,7 @@ class _Consistency(Method):
         if self._target_net is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(list(self._target_net.parameters()), [p.detach() for p in model.parameters()],
-                                     1.0 - self.opts.target_decay)
+                                     1.0 - self.target_decay(step))
 
     def state_dict(self):
         return {"target_net": self._target_net.state_dict() if self._target_net is not None else self._pending}
@@ -114,21 +157,40 @@ class ConsistencyTraining(_Consistency):
     """Consistency training from data alone, delta curriculum 1 -> 1/M; multistep consistency sampling."""
 
     name = "consistency_training"
-    Options = ConsistencyOptions
+    Options = ConsistencyTrainingOptions
+
+    def num_cells(self, step: int) -> int:
+        """1 / delta at training step `step`: the number of grid cells on [0, 1]."""
+        o = self.opts
+        if o.schedule == "song":
+            return song_num_points(step, self.train_steps, o.s0, o.s1) - 1
+        return 2 ** ct_phase(step, self.train_steps, o.M)
 
     def delta(self, step: int) -> float:
-        return ct_delta(step, self.train_steps, self.opts.M)
+        return 1.0 / self.num_cells(step)
+
+    def target_decay(self, step: int) -> float:
+        o = self.opts
+        if o.schedule == "song":
+            return song_target_decay(song_num_points(step, self.train_steps, o.s0, o.s1), o.s0, o.mu0)
+        return o.target_decay
+
+    @property
+    def live_target(self) -> bool:
+        return self.opts.schedule != "song" and self.opts.target_decay == 0.0
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         x0, x1, y = batch.x0, batch.x1, batch.y
         B, dev = x1.shape[0], x1.device
-        delta = self.delta(step)
-        t = grid_times(B, round(1 / delta), generator, dev)
-        t2 = t + delta
+        cells = self.num_cells(step)
+        delta = 1.0 / cells
+        t = grid_times(B, cells, generator, dev)
+        t2 = (torch.round(t * cells) + 1) / cells  # the next grid point, exactly 1 at the last cell
         x_t, x_t2 = interpolate(x0, x1, t), interpolate(x0, x1, t2)
         target = self._target(model, x_t, t, x_t2, t2, y)
         return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target,
-                       info={"delta": torch.full((), delta, device=dev)})  # not torch.tensor: a blocking copy on CUDA
+                       info={"delta": torch.full((), delta, device=dev),  # not torch.tensor: a blocking copy on CUDA
+                             "target_decay": torch.full((), self.target_decay(step), device=dev)})
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": batch_size}

@@ -6,7 +6,10 @@ size d = 2^(i-1) / M and the student learns one step of size 2d:
 with t on the grid of multiples of 2d and the student queried at (x_t, t, 2d). Stage 1's teacher
 is the flow-matching teacher (queried at d = 0, its only query); after each stage the teacher
 becomes a frozen copy of the student. The student starts as a copy of the flow teacher.
-Sampling: Euler with d = 1/n (CFG at scale w, when w != 1, at every step).
+CFG (`cfg`): "sampling" keeps the targets unguided and guides every sampling step at scale w;
+"baked" (the authors' code) guides stage 1's teacher, v = v_u + w (v_c - v_u), so every stage
+inherits the guidance and sampling takes one unguided pass per step.
+Sampling: Euler with d = 1/n.
 """
 
 from __future__ import annotations
@@ -43,12 +46,15 @@ def teacher_step_size(stage: int, M: int) -> float:
 class ProgressiveOptions(MethodOptions):
     teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
     refresh_from: str = "ema"  # student weights that become the next stage's teacher: "ema" or "model"
+    cfg: str = "sampling"  # where guidance at cfg_scale goes: "sampling" (every step) or "baked" (stage 1's targets, authors' code)
 
     def validate(self) -> None:
         if self.M < 2:
             raise BenchError(f"progressive distillation needs M >= 2 (log2 M stages), got M = {self.M}.")
         if self.refresh_from not in ("ema", "model"):
             raise BenchError(f"method.refresh_from must be ema or model, got {self.refresh_from!r}.")
+        if self.cfg not in ("sampling", "baked"):
+            raise BenchError(f"method.cfg must be sampling or baked, got {self.cfg!r}.")
 
 
 class Progressive(Method):
@@ -59,7 +65,11 @@ class Progressive(Method):
     needs_teacher = True
     init_from_teacher = True
 
-    sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
+    sampling_time_options = frozenset({"cfg_scale"})  # with cfg = sampling the targets are unguided (baked: see is_sampling_time)
+
+    @classmethod
+    def is_sampling_time(cls, name: str, options) -> bool:
+        return super().is_sampling_time(name, options) and not (name == "cfg_scale" and options.cfg == "baked")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -88,9 +98,10 @@ class Progressive(Method):
         x_t = interpolate(x0, x1, t)
         d_query = full(0.0 if self._stage_teacher is None else d, x_t)  # the flow teacher's only query is d = 0
         T = self.current_teacher()
+        w = self.opts.cfg_scale if self._stage_teacher is None and self.opts.cfg == "baked" else 1.0
         with torch.no_grad():
-            v1 = T(x_t, t, d_query, y)
-            v2 = T(x_t + d * v1, t + d, d_query, y)
+            v1 = velocity(T, x_t, t, d_query, y, w, self.null_class)
+            v2 = velocity(T, x_t + d * v1, t + d, d_query, y, w, self.null_class)
             target = (v1 + v2) / 2
         return Targets(x_t=x_t, t=t, d=full(2 * d, x_t), y=y, target=target,
                        info={"stage": torch.full((), float(stage), device=dev)})  # not torch.tensor: a blocking copy on CUDA
@@ -126,11 +137,15 @@ class Progressive(Method):
         self._stage_teacher.requires_grad_(False).eval()
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
-        return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 2 * batch_size}
+        # baked CFG: stage 1's two teacher queries are guided (2 rows each), in the first 1/log2(M) of the steps
+        guided = self.opts.cfg == "baked" and self.opts.cfg_scale != 1.0
+        return {"forward_rows": batch_size, "backward_rows": batch_size,
+                "nograd_rows": 2 * batch_size * (1 + (1 / num_stages(self.opts.M) if guided else 0))}
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
         n = num_sampling_steps
         tt = full(t, x)
-        v = velocity(model, x, tt, full(1.0 / n, x), y, self.opts.cfg_scale, self.null_class)
+        w = 1.0 if self.opts.cfg == "baked" else self.opts.cfg_scale
+        v = velocity(model, x, tt, full(1.0 / n, x), y, w, self.null_class)
         return x + v / n
 

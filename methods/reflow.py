@@ -9,11 +9,15 @@ of its own label, so the data's class frequencies and label dropout carry over.
 The teacher is queried per label (unguided: the null pool holds its unconditional samples).
 Sampling: Euler at d = 0, CFG at scale w (when w != 1) at every step, like flow matching.
 
-Live reflow, as the shortcut: (1 - k) B flow-matching rows (d = 0) and k B rows whose target is
-sg(x1_hat - x0), x1_hat from an on-the-fly `rollout_steps`-step Euler roll-out (flow queries) of
-the model itself (EMA weights), trained at t = 0, d = 1. With CFG the roll-out is guided at the
-training-time scale w (baked in, as the shortcut's bootstrap CFG). Sampling: n = 1 is the d = 1
-jump (one pass, no CFG); n > 1 is Euler at d = 0 with CFG at scale w.
+Live reflow, as the authors' code (kvfrans/shortcut-models, targets_livereflow.py): (1 - k) B
+flow-matching rows (d = 0) and k B reflow rows. A reflow row draws x1_hat = sg(an on-the-fly
+`rollout_steps`-step Euler roll-out (flow queries) of the model itself from its noise x0, EMA
+weights) and is trained along the whole reflowed path: t on the 1/M grid,
+x_t = (1 - t) x0 + t x1_hat, queried at d = 1, target x1_hat - x0. With CFG the roll-out is guided
+at the training-time scale w (baked in, as the shortcut's bootstrap CFG). The reflow rows keep
+their labels (label dropout only on the flow rows, as the authors' code). Sampling: every n < M
+takes its n Euler steps with the d = 1 query (one pass, no CFG); n = M is Euler at d = 0 with CFG
+at scale w.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class LiveReflowOptions(MethodOptions):
 
 
 class LiveReflow(Method):
-    """Flow matching plus a d = 1 jump trained on the model's own few-step roll-out; 1 step = the jump."""
+    """Flow matching plus the d = 1 code trained along the model's own reflowed paths; n < M steps query d = 1."""
 
     name = "live_reflow"
     sampling_time_options = frozenset()  # cfg_scale guides the roll-out targets: a new scale is a new model
@@ -132,19 +136,20 @@ class LiveReflow(Method):
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         x0, x1, y = batch.x0, batch.x1, batch.y
-        B, dev = x1.shape[0], x1.device
+        B, dev, M = x1.shape[0], x1.device, self.opts.M
         nb = self.num_reflow_rows(B)
-        t_f = grid_times(B - nb, self.opts.M, generator, dev)
+        t_f = grid_times(B - nb, M, generator, dev)
         x_f = interpolate(x0[nb:], x1[nb:], t_f)
-        x1_hat = self.rollout(ema if self.opts.bootstrap_ema else model, x0[:nb], y[:nb])
+        y_r = batch.labels_kept()[:nb]  # the authors drop labels on the flow rows only
+        x1_hat = self.rollout(ema if self.opts.bootstrap_ema else model, x0[:nb], y_r)
+        t_r = grid_times(nb, M, generator, dev).to(x1.dtype)  # the whole reflowed path, not only t = 0
         groups = torch.zeros(B, dtype=torch.bool, device=dev)
         groups[:nb] = True
-        t_r = torch.zeros(nb, device=dev, dtype=x1.dtype)
         return Targets(
-            x_t=torch.cat([x0[:nb], x_f]),
+            x_t=torch.cat([interpolate(x0[:nb], x1_hat, t_r), x_f]),
             t=torch.cat([t_r, t_f]),
             d=torch.cat([torch.ones_like(t_r), torch.zeros_like(t_f)]),
-            y=y,
+            y=torch.cat([y_r, y[nb:]]),
             target=torch.cat([x1_hat - x0[:nb], x1[nb:] - x0[nb:]]),
             info={"row_group/reflow": groups, "row_group/flow": ~groups},
         )
@@ -156,7 +161,7 @@ class LiveReflow(Method):
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
         tt = full(t, x)
-        if num_sampling_steps == 1:
-            return x + model(x, tt, torch.ones_like(tt), y)
+        if num_sampling_steps < self.opts.M:  # the d = 1 code at every step, as the authors sample
+            return x + model(x, tt, torch.ones_like(tt), y) / num_sampling_steps
         v = velocity(model, x, tt, torch.zeros_like(tt), y, self.opts.cfg_scale, self.null_class)
         return x + v / num_sampling_steps

@@ -3,16 +3,20 @@
 One network s(x_t, t, d) trained on two targets in every batch:
 - (1 - k) B flow-matching rows: v = x1 - x0 at t on the 1/M grid, queried at the flow d;
 - k B self-consistency rows: s(x_t, t, 2d) = sg((s(x_t, t, d) + s(x'_{t+d}, t + d, d)) / 2),
-  x'_{t+d} = x_t + d s(x_t, t, d), with 2d in {1, 1/2, ..., 2/M} uniform over levels (or, with
-  levels = "large", a quarter each at 1 and 1/2 as the authors' bootstrap_dt_bias) and t on the
-  grid of multiples of 2d. Small steps of size 1/M are flow queries; with CFG they use
-  guided velocities at the training-time scale w ("bootstrap CFG").
+  x'_{t+d} = x_t + d s(x_t, t, d), with 2d in {1, 1/2, ..., 2/M} (levels: drawn uniformly, or the
+  authors' deterministic allocation) and t on the grid of multiples of 2d. Small steps of size
+  1/M are flow queries; with CFG they use guided velocities at the training-time scale w
+  ("bootstrap CFG").
+`recipe = paper | authors` sets the defaults of the knobs where the paper's text and the authors'
+code (kvfrans/shortcut-models) differ: flow-row d, k, which rows get label dropout, the level
+allocation and the weights evaluation samples with. A knob set explicitly (profile or --set) wins.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -20,30 +24,80 @@ from bench.errors import BenchError
 from methods.base import Batch, Method, MethodOptions, Targets, bshape, check_fraction, full, grid_times, interpolate, velocity
 
 
+# the knobs each recipe sets; a knob left at RECIPE_DEFAULT (k: nan, which no config value parses to) takes the recipe's
+RECIPES: dict[str, dict[str, object]] = {
+    "paper": {"k": 0.25, "flow_d": "zero", "dropout_rows": "all", "levels": "uniform", "eval_weights": "ema"},
+    "authors": {"k": 0.125, "flow_d": "min", "dropout_rows": "flow", "levels": "authors", "eval_weights": "live"},
+}
+RECIPE_DEFAULT = "recipe"
+LEVELS = ("uniform", "authors", "authors_bias", "quarter_large")
+LEVEL_ALIASES = {"large": "quarter_large"}  # the name quarter_large had before; stored configs carry it
+
+
 @dataclass
 class ShortcutOptions(MethodOptions):
-    k: float = 0.25  # bootstrap_fraction: share of each batch on self-consistency targets (paper 1/4, authors' code 1/8)
+    recipe: str = "paper"  # "paper" or "authors": the defaults of k, flow_d, dropout_rows, levels, eval_weights
+    k: float = math.nan  # bootstrap_fraction: share of each batch on self-consistency targets (unset: the recipe's, paper 1/4, authors 1/8)
     bootstrap_ema: bool = True  # build self-consistency targets with the EMA weights
     clip: float = 4.0  # clip the intermediate point and the target to [-clip, clip] (0 = off)
     # d fed to flow-matching queries: "zero" (paper), "min" (1/M, authors' code) or "apart" (-1: a code of
     # its own; with a smooth d embedding, 0 and 1/M sit next to the smallest level 2/M, whose guided
     # targets then leak into the unguided flow query when cfg_scale != 1: see results/README.md)
-    flow_d: str = "zero"
+    flow_d: str = RECIPE_DEFAULT
+    # rows whose labels train.label_dropout may drop: "all" (paper: the shared batch preparation) or
+    # "flow" (authors' code: the self-consistency rows keep their labels)
+    dropout_rows: str = RECIPE_DEFAULT
     bootstrap_weight: float = 1.0  # loss weight of the self-consistency rows against the flow rows (paper: 1)
-    # levels of the self-consistency rows: "uniform" over d_big in {1, ..., 2/M} (paper), or "large" (the
-    # authors' bootstrap_dt_bias): 1/4 of the rows at d_big = 1, 1/4 at 1/2, the rest uniform over the others
-    levels: str = "uniform"
+    # levels of the self-consistency rows, d_big = 2^-j: "uniform" (paper: drawn per row, 1/log2(M) each);
+    # "authors" (the authors' code as its commands run it, bootstrap_dt_bias = 0) and "authors_bias"
+    # (bootstrap_dt_bias = 1): deterministic counts per batch (Shortcut.level_counts); "quarter_large":
+    # drawn per row, 1/4 at d_big = 1, 1/4 at 1/2, the rest uniform over the others ("large" before)
+    levels: str = RECIPE_DEFAULT
+    eval_weights: str = RECIPE_DEFAULT  # weights evaluation samples with: "ema" (paper) or "live" (authors' use_ema = 0)
+
+    def __post_init__(self):
+        # resolve here, so the config, the logged params and checkpoints carry the values that ran
+        for key, value in RECIPES.get(self.recipe, {}).items():
+            if getattr(self, key) == RECIPE_DEFAULT or (key == "k" and math.isnan(self.k)):
+                setattr(self, key, value)
+        self.levels = LEVEL_ALIASES.get(self.levels, self.levels)
 
     def validate(self) -> None:
+        if self.recipe not in RECIPES:
+            raise BenchError(f"method.recipe must be paper or authors, got {self.recipe!r}.")
         check_fraction("method.k", self.k)
         if self.flow_d not in ("zero", "min", "apart"):
             raise BenchError(f"method.flow_d must be zero, min or apart, got {self.flow_d!r}.")
+        if self.dropout_rows not in ("all", "flow"):
+            raise BenchError(f"method.dropout_rows must be all or flow, got {self.dropout_rows!r}.")
         if self.clip < 0:
             raise BenchError(f"method.clip must be >= 0, got {self.clip}.")
-        if self.levels not in ("uniform", "large"):
-            raise BenchError(f"method.levels must be uniform or large, got {self.levels!r}.")
+        if self.levels not in LEVELS:
+            raise BenchError(f"method.levels must be one of {', '.join(LEVELS)}, got {self.levels!r}.")
+        if self.levels == "authors_bias" and self.M == 2:
+            raise BenchError("method.levels = authors_bias needs M >= 4 (it puts rows at d_big = 1/2, which M = 2 lacks).")
+        if self.eval_weights not in ("ema", "live"):
+            raise BenchError(f"method.eval_weights must be ema or live, got {self.eval_weights!r}.")
         if not self.bootstrap_weight > 0:
             raise BenchError(f"method.bootstrap_weight must be > 0, got {self.bootstrap_weight}.")
+
+
+def authors_level_counts(num_rows: int, num_levels: int, bias: bool) -> list[int]:
+    """Rows per level j (d_big = 2^-j, j = 0 .. L-1) as the authors' targets_shortcut.py assigns them.
+
+    bias False: num_rows // L at every level, the leftover at j = 0 (d_big = 1).
+    bias True: (num_rows // 2) // L at each j >= 2, num_rows // 4 at j = 1, the rest at j = 0.
+    """
+    L, counts = num_levels, [0] * num_levels
+    if not bias:
+        counts = [num_rows // L] * L
+    else:
+        for j in range(2, L):
+            counts[j] = (num_rows // 2) // L
+        if L > 1:
+            counts[1] = num_rows // 4
+    counts[0] += num_rows - sum(counts)
+    return counts
 
 
 class Shortcut(Method):
@@ -60,12 +114,36 @@ class Shortcut(Method):
     def num_bootstrap_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.k)) if self.opts.M > 1 else 0
 
+    @property
+    def num_levels(self) -> int:
+        return int(math.log2(self.opts.M))
+
+    @property
+    def eval_weights(self) -> str:
+        return self.opts.eval_weights
+
     def level_probs(self) -> torch.Tensor:
-        """P(level j), d_big = 2^-j for j = 0 (d_big = 1) ... log2(M) - 1 (d_big = 2/M)."""
-        L = int(math.log2(self.opts.M))
+        """P(level j) of the per-row draws (uniform, quarter_large), d_big = 2^-j, j = 0 (d_big = 1) ... log2(M) - 1."""
+        L = self.num_levels
         if self.opts.levels == "uniform" or L <= 2:
             return torch.full((L,), 1.0 / L)
         return torch.tensor([0.25, 0.25] + [0.5 / (L - 2)] * (L - 2))
+
+    def level_counts(self, num_rows: int) -> list[int] | None:
+        """Rows per level of the deterministic allocations (authors, authors_bias); None for the random draws."""
+        if self.opts.levels not in ("authors", "authors_bias"):
+            return None
+        return authors_level_counts(num_rows, self.num_levels, self.opts.levels == "authors_bias")
+
+    def run_params(self, batch_size: int) -> dict[str, object]:
+        """The level shares of the self-consistency rows at this (per-process) batch size: exact for the
+        fixed allocations, expected for the per-row draws."""
+        nb = self.num_bootstrap_rows(batch_size)
+        if nb == 0:
+            return {}
+        counts = self.level_counts(nb)
+        shares = [c / nb for c in counts] if counts is not None else self.level_probs().tolist()
+        return {"method.level_shares": ",".join(f"{Fraction(2.0**-j).limit_denominator()}:{s:.4g}" for j, s in enumerate(shares))}
 
     def _clip(self, v):
         return v.clamp(-self.opts.clip, self.opts.clip) if self.opts.clip > 0 else v
@@ -92,8 +170,11 @@ class Shortcut(Method):
         v_f = x1[nb:] - x0[nb:]
 
         # self-consistency rows: level j -> d_big = 2^-j in {1, ..., 2/M}, t on multiples of d_big
+        counts = self.level_counts(nb) if nb else None
         if nb == 0:  # M = 1: flow matching rows only
             j = torch.zeros(0, dtype=torch.long, device=dev)
+        elif counts is not None:  # the authors' fixed allocation (rows are in random order already)
+            j = torch.repeat_interleave(torch.arange(len(counts), device=dev), torch.tensor(counts, device=dev))
         elif self.opts.levels == "uniform":  # randint, not level_probs(): the random stream of earlier runs stays
             j = torch.randint(0, int(math.log2(M)), (nb,), generator=generator, device=dev)
         else:
@@ -103,11 +184,12 @@ class Shortcut(Method):
         t_b = grid_times(nb, cells, generator, dev)
         d_half = d_big / 2
         x_b = interpolate(x0[:nb], x1[:nb], t_b)
+        y_b = (batch.labels_kept() if self.opts.dropout_rows == "flow" else y)[:nb]
         with torch.no_grad():
             net = ema if self.opts.bootstrap_ema else model
-            s1 = self._small_step(net, x_b, t_b, d_half, y[:nb])
+            s1 = self._small_step(net, x_b, t_b, d_half, y_b)
             x_mid = self._clip(x_b + bshape(d_half, x_b) * s1)
-            s2 = self._small_step(net, x_mid, t_b + d_half, d_half, y[:nb])
+            s2 = self._small_step(net, x_mid, t_b + d_half, d_half, y_b)
             v_b = self._clip((s1 + s2) / 2)
 
         groups = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -116,7 +198,7 @@ class Shortcut(Method):
             x_t=torch.cat([x_b, x_f]),
             t=torch.cat([t_b, t_f]),
             d=torch.cat([d_big, d_f]),
-            y=y,
+            y=torch.cat([y_b, y[nb:]]),
             target=torch.cat([v_b, v_f]),
             info={"row_group/bootstrap": groups, "row_group/flow": ~groups},
             weight=None if self.opts.bootstrap_weight == 1.0 else torch.where(groups, self.opts.bootstrap_weight, 1.0).to(x1.dtype),

@@ -339,18 +339,62 @@ def test_reflow_rows_use_pairs_of_their_own_label():
 
 def test_live_reflow_targets_by_hand():
     # the model's own roll-out with a constant velocity c lands on x0 + c, so the d = 1 rows regress c
+    # along the straight path from x0 to x1_hat = x0 + c, at every t of the 1/M grid (not only t = 0)
     c = torch.tensor([0.25], dtype=torch.float64)
-    m = make("live_reflow", M=8, k=0.25, rollout_steps=8)
-    batch = gauss_batch(64)
+    M, nb = 8, 64
+    m = make("live_reflow", M=M, k=0.25, rollout_steps=8)
+    batch = gauss_batch(256)
     tg = m.targets(None, Affine(0.0, c), batch, 0, torch.Generator().manual_seed(0))
-    nb = 16
     assert torch.allclose(tg.target[:nb], torch.full_like(tg.target[:nb], 0.25))
-    assert torch.all(tg.t[:nb] == 0) and torch.all(tg.d[:nb] == 1) and torch.equal(tg.x_t[:nb], batch.x0[:nb])
+    assert torch.all(tg.d[:nb] == 1)
+    t_r = tg.t[:nb]
+    assert torch.all(t_r * M == torch.round(t_r * M)) and t_r.min() == 0 and (t_r > 0).float().mean() > 0.7
+    assert len(set(t_r.tolist())) > M // 2  # spread over the grid
+    assert torch.allclose(tg.x_t[:nb], batch.x0[:nb] + b(t_r, batch.x0) * 0.25)
     assert torch.allclose(tg.target[nb:], batch.x1[nb:] - batch.x0[nb:]) and torch.all(tg.d[nb:] == 0)
     # with the exact velocity and a fine roll-out, x1_hat -> mu + sigma x0
     m = make("live_reflow", M=8, k=0.25, rollout_steps=256)
     tg = m.targets(None, ExactVelocity(), batch, 0, torch.Generator().manual_seed(0))
     assert torch.allclose(tg.target[:nb], MU + SIGMA * batch.x0[:nb] - batch.x0[:nb], atol=2e-2)
+
+
+def test_live_reflow_rows_keep_their_labels():
+    # label dropout reaches the flow rows only (the authors' code): the roll-out and the d = 1 rows see y_kept
+    m = make("live_reflow", M=8, k=0.5, num_classes=3)
+    batch = gauss_batch(64, num_classes=3)
+    batch.y_kept = batch.y.clone()
+    batch.y = torch.full_like(batch.y, 3)  # every label dropped
+    tg = m.targets(None, Affine(0.0, torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)), batch, 0,
+                   torch.Generator().manual_seed(0))
+    assert torch.equal(tg.y[:32], batch.y_kept[:32]) and torch.all(tg.y[32:] == 3)
+    assert torch.allclose(tg.target[:32, 0], batch.y_kept[:32].double())  # the roll-out was conditional
+
+
+class DRecorder(nn.Module):
+    """Records the (t, d) of every query; returns zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries = []
+
+    def forward(self, x, t, d, y):
+        self.queries.append((t.clone(), d.clone(), y.clone()))
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_live_reflow_samples_every_n_below_M_with_the_d1_code(n):
+    # n < M: n Euler steps, each one unguided pass at d = 1; n = M: the flow query (d = 0) with CFG
+    M, w = 8, 2.0
+    m = make("live_reflow", M=M, num_classes=3, cfg_scale=w)
+    net = DRecorder()
+    sample(m, net, torch.zeros(5, 2), torch.tensor([0, 1, 2, 0, 1]), n)
+    if n < M:
+        assert len(net.queries) == n
+        assert all(torch.all(d == 1) and torch.all(y < 3) for _, d, y in net.queries)
+    else:
+        assert len(net.queries) == n and all(len(d) == 10 and torch.all(d == 0) for _, d, y in net.queries)
+    assert [q[0][0].item() for q in net.queries] == [i / n for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- MeanFlow
@@ -488,8 +532,8 @@ def test_nfe_per_sampling_run(name, cfg_scale):
     x0, y = torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     for n in (1, 2, 4, 8):
         expect = n if cfg_scale == 1.0 else 2 * n
-        if name == "live_reflow" and n == 1:
-            expect = 1  # the d = 1 jump: guidance is baked into its training targets
+        if name == "live_reflow" and n < 8:
+            expect = n  # the d = 1 code below M: guidance is baked into its training targets
         assert count_nfe(m, net, x0, y, n) == expect, (name, n)
 
 

@@ -35,7 +35,7 @@ def test_overrides_bare_and_dotted_and_fractions():
         ("shortcut", ["eval.steps=3"], "3 sampling steps do not divide M = 128"),
         ("shortcut", ["train.lr=fast"], "train.lr expects a number"),
         ("shortcut", ["flow_d=half"], "method.flow_d must be zero, min or apart"),
-        ("shortcut", ["levels=big"], "method.levels must be uniform or large"),
+        ("shortcut", ["levels=big"], "method.levels must be one of uniform, authors, authors_bias, quarter_large"),
         ("flow_matching", ["k=0.25"], "Unknown config key 'k' for method flow_matching"),
         ("shortcut", ["novalue"], "--set takes key=value"),
         ("shortcut", ["model.d_scale=0"], "model.d_scale must be > 0"),

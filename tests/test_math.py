@@ -139,10 +139,10 @@ def test_shortcut_targets_by_hand():
     assert small.any()
 
 
-@pytest.mark.parametrize("levels", ["uniform", "large"])
+@pytest.mark.parametrize("levels", ["uniform", "quarter_large"])
 def test_shortcut_level_shares(levels):
     """levels = uniform: each d_big in {1, ..., 2/M} gets 1/log2(M) of the self-consistency rows (paper);
-    levels = large (the authors' bootstrap_dt_bias): 1/4 at d_big = 1, 1/4 at 1/2, the other 1/2 spread
+    levels = quarter_large: 1/4 at d_big = 1, 1/4 at 1/2, the other 1/2 spread
     over the log2(M) - 2 smaller levels. Shares counted over 40,000 rows (standard error <= 0.0022)."""
     M, B = 128, 160_000
     sc = Shortcut(ShortcutOptions(M=M, k=0.25, levels=levels), num_classes=0)
@@ -158,13 +158,14 @@ def test_shortcut_level_shares(levels):
     assert torch.allclose(tb / d_big, torch.round(tb / d_big)) and (tb < 1).all()  # t on the level's grid
 
 
-def test_shortcut_large_levels_with_few_levels():
-    """M = 4 has two levels (d_big = 1 and 1/2): large and uniform coincide; M = 2 has only d_big = 1;
+def test_shortcut_quarter_large_levels_with_few_levels():
+    """M = 4 has two levels (d_big = 1 and 1/2): quarter_large and uniform coincide; M = 2 has only d_big = 1;
     M = 1 has no self-consistency rows: every row is a flow-matching row."""
     for M, want in ((4, [0.5, 0.5]), (2, [1.0])):
-        sc = Shortcut(ShortcutOptions(M=M, levels="large"), num_classes=0)
+        sc = Shortcut(ShortcutOptions(M=M, levels="quarter_large"), num_classes=0)
         torch.testing.assert_close(sc.level_probs(), torch.tensor(want))
-    for levels in ("uniform", "large"):
+    assert ShortcutOptions(levels="large").levels == "quarter_large"  # the old name, in stored configs
+    for levels in ("uniform", "quarter_large", "authors"):
         sc = Shortcut(ShortcutOptions(M=1, levels=levels), num_classes=0)
         batch = make_batch(B=64)
         tg = sc.targets(_Zero(), _Zero(), batch, 0, torch.Generator().manual_seed(0))
