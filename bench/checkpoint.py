@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,7 +97,8 @@ def load(path: Path, map_location="cpu", mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):  # torch's allow-list said no
+        # it names something to import, or a torch.save archive whose pickle the allow-list refused
+        if "GLOBAL" in str(e) or (zipfile.is_zipfile(path) and "Weights only load failed" in str(e)):
             raise CheckpointRefused(f"Checkpoint {path} holds Python objects other than tensors and plain "
                                     f"containers (code that loading would run); it was refused and not loaded.") from None
         raise BenchError(f"Checkpoint {path} is truncated or corrupt ({type(e).__name__}); it was not used.") from None

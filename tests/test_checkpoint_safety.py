@@ -59,6 +59,17 @@ def test_load_refuses_a_payload_and_does_not_run_it(tmp_path):
     assert not (tmp_path / "marker").exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_bare_pickle_payload_is_not_run_either(tmp_path, protocol):
+    import pickle
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"ema": _Payload(tmp_path / "marker")}, protocol=protocol))
+    with pytest.raises(BenchError, match="refused|corrupt"):
+        ckpt.load(path)
+    assert not (tmp_path / "marker").exists()
+
+
 def test_a_refused_last_checkpoint_is_not_worked_around_with_the_previous_one(tmp_path):
     last = tmp_path / "last.pt"
     ckpt.save({"step": 3}, ckpt.previous(last))
