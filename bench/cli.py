@@ -96,6 +96,9 @@ def _print_outcome(cfg, out) -> None:
     typer.echo(f"\n{cfg.method_name} on {cfg.data.spec} (profile {cfg.profile}, seed {cfg.seed}, "
                f"{cfg.eval.num_samples} samples per n)")
     typer.echo(format_table(out.results))
+    if any("kid" in m for m in out.results.values()):
+        typer.echo("kid: unbiased MMD² with the cubic kernel (x·y/d + 1)³ in the feature space's raw units, "
+                   "not x1000; compare it only within one feature space")
     typer.echo(f"\nrun {out.run_id} in experiment {out.experiment!r} at {out.tracking_uri}")
     typer.echo(f"artifacts: {out.artifact_uri}")
     typer.echo(f"checkpoint: {out.checkpoint}")
@@ -105,9 +108,11 @@ def _print_outcome(cfg, out) -> None:
 @app.command()
 def report(
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", "-e", help="Experiment(s) to report (default: every experiment)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: results/<experiment>/)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $BENCH_STORE/reports/<experiment>/, outside git; the reference results: --out results/<experiment>)."),
 ):
-    """Read the tracking store only; write fid_vs_steps.png and metrics.csv per experiment."""
+    """Read the tracking store only; per experiment write table.md (FID at M, 4, 1 steps: mean ± 95 % t-interval
+    over seeds, one row per group of like runs), fid_vs_steps.png/.svg and metrics.csv. KID in metrics.csv is in
+    the feature space's raw units (not x1000)."""
     from bench.report import write_reports
 
     for path in write_reports(experiment or None, out):
