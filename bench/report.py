@@ -339,9 +339,11 @@ def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
 def hue_column(df: pd.DataFrame) -> str:
     """The key a one-method sweep varies (its values go on an x axis), else `group`."""
     keys = df.attrs.get("group_keys") or ["method"]
-    if len(keys) == 1 and keys[0] != "method" and keys[0] in df.columns:
-        return keys[0]
-    return "group"
+    if len(keys) != 1 or keys[0] == "method" or keys[0] not in df.columns:
+        return "group"
+    swept = {k for s in df["swept"].unique() for k in s.split(",") if k}
+    numeric = all(isinstance(_numeric(v), float) for v in df[keys[0]].unique())
+    return keys[0] if keys[0] in swept or numeric else "group"  # FID against a dataset name is no curve
 
 
 def _sort_key(v):

@@ -78,9 +78,11 @@ def test_seeds_alone_pool_and_a_changed_config_value_splits(tmp_path):
 
 def test_the_default_report_goes_beside_the_store_not_into_the_working_tree(tmp_path, isolated_store):
     add_run("d", "shortcut", "toy:a", 0, {1: 1.0, 2: 0.5})
+    add_run("d", "shortcut", "toy:b", 0, {1: 2.0, 2: 0.7})
     paths = write_reports(["d"])
     assert paths and all(p.is_relative_to(isolated_store / "reports" / "d") for p in paths)
     assert not (tmp_path / "results").exists()
+    assert "fid_vs_swept.png" not in {p.name for p in paths}  # two datasets are two lines, not a curve over datasets
 
 
 def test_plots_are_deterministic_vector_copies(tmp_path):
