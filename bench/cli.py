@@ -109,13 +109,19 @@ def _print_outcome(cfg, out) -> None:
 def report(
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", "-e", help="Experiment(s) to report (default: every experiment)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $BENCH_STORE/reports/<experiment>/, outside git; the reference results: --out results/<experiment>)."),
+    ratio: Optional[str] = typer.Option(None, "--ratio", help="A/B, e.g. shortcut/flow_matching: also ratio_A_B.md, FID of A over FID of B at every n, for runs set up alike."),
 ):
     """Read the tracking store only; per experiment write table.md (FID at M, 4, 1 steps: mean ± 95 % t-interval
     over seeds, one row per group of like runs), fid_vs_steps.png/.svg and metrics.csv. KID in metrics.csv is in
     the feature space's raw units (not x1000)."""
     from bench.report import write_reports
 
-    for path in write_reports(experiment or None, out):
+    pair = None
+    if ratio:
+        pair = tuple(ratio.split("/"))
+        if len(pair) != 2 or not all(pair):
+            raise BenchError(f"--ratio takes two methods as A/B (e.g. shortcut/flow_matching), got {ratio!r}.")
+    for path in write_reports(experiment or None, out, ratio=pair):
         typer.echo(f"wrote {path}")
 
 

@@ -367,6 +367,36 @@ def fid_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + f"\n\nFID in the {space} feature space, {fid['num_samples'].max()} samples per n; {CI_NOTE}.\n"
 
 
+def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:
+    """Markdown: FID of method `num` over FID of method `den` at every n both have (e.g. shortcut
+    against flow matching), for each pair of groups run alike: every key both configs have is
+    equal (data, model, training, evaluation, M, CFG scale), budgets and method-only keys aside.
+    A ratio of the two groups' means over their runs; no interval."""
+    fid = df[df["metric"] == "fid"]
+    configs = {c: json.loads(c) for c in fid["config"].unique()}
+
+    def alike(a: dict, b: dict) -> bool:
+        shared = (set(a) & set(b)) - {"method"}
+        return all(a[k] == b[k] for k in shared if not k.startswith("budget."))
+
+    mean = fid.groupby(["config", "steps"])["value"].mean()
+    runs = fid.groupby("config")["run_id"].nunique()
+    lines = []
+    for ca in sorted(c for c in configs if configs[c]["method"] == num):
+        for cb in sorted(c for c in configs if configs[c]["method"] == den and alike(configs[ca], configs[c])):
+            steps = sorted(set(mean[ca].index) & set(mean[cb].index))
+            label = fid.loc[fid["config"] == ca, "group"].iloc[0]
+            lines.append((label, runs[ca], runs[cb], {n: mean[ca][n] / mean[cb][n] for n in steps}))
+    if not lines:
+        raise BenchError(f"No runs of {num} and {den} with the same data, model, training and evaluation in this experiment.")
+    steps = sorted({n for *_, r in lines for n in r})
+    out = [f"| {num} group | runs {num} / {den} | " + " | ".join(f"n = {n}" for n in steps) + " |",
+           "|---|---|" + "---|" * len(steps)]
+    for label, ra, rb, r in lines:
+        out.append(f"| {label} | {ra} / {rb} | " + " | ".join(f"{r[n]:.3g}" if n in r else "n/a" for n in steps) + " |")
+    return "\n".join(out) + f"\n\nFID of {num} / FID of {den} (each the mean over its runs); below 1: {num} is better.\n"
+
+
 def swept_table(df: pd.DataFrame) -> pd.DataFrame:
     """A sweep's FID at n = 1, 4 and M (each run's own largest n, so an M sweep compares like with
     like) against the swept value: one row per (value, n) with the mean, the standard deviation
@@ -430,7 +460,9 @@ def default_out(experiment: str) -> Path:
     return store_root() / "reports" / experiment
 
 
-def write_report(experiment: str, out: Path | None = None, uri: str | None = None) -> list[Path]:
+def write_report(experiment: str, out: Path | None = None, uri: str | None = None,
+                 ratio: tuple[str, str] | None = None) -> list[Path]:
+    """ratio: (num, den) methods: also ratio_<num>_<den>.md (ratio_table)."""
     from bench.checkpoint import atomic_write
 
     df = collect(experiment, uri)
@@ -454,10 +486,14 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
         written += plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment)
         table = swept_table(df).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(table.encode())))
+    if ratio:
+        text = ratio_table(df, *ratio)
+        written.append(atomic_write(out / f"ratio_{ratio[0]}_{ratio[1]}.md", lambda fh: fh.write(text.encode())))
     return written
 
 
-def write_reports(experiments: list[str] | None, out: Path | None = None) -> list[Path]:
+def write_reports(experiments: list[str] | None, out: Path | None = None,
+                  ratio: tuple[str, str] | None = None) -> list[Path]:
     """Every named experiment (default: every experiment with runs) under out/<experiment>/
     (out: $BENCH_STORE/reports/ unless given)."""
     if not experiments:
@@ -468,5 +504,5 @@ def write_reports(experiments: list[str] | None, out: Path | None = None) -> lis
     written: list[Path] = []
     for name in experiments:
         target = (Path(out) / name) if (out and len(experiments) > 1) else out
-        written += write_report(name, target)
+        written += write_report(name, target, ratio=ratio)
     return written

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench.report import collect, fid_table, group_keys, mean_ci, write_report, write_reports
+from bench.report import collect, fid_table, group_keys, mean_ci, ratio_table, write_report, write_reports
 from bench.tracking import Tracker
 
 T_975_2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
@@ -42,6 +42,9 @@ def test_a_mixed_experiment_keeps_methods_and_datasets_apart_with_t_intervals(tm
     assert rows["shortcut, toy:checkerboard"][1:] == ["8", "0.3", "0.7", "4", "1 "]
     assert rows["flow_matching, toy:eight_gaussians"][1:] == ["8", "0.2", "0.6", "5", "1 "]
     assert "95 % Student-t interval" in fid_table(df)
+    # shortcut over flow matching, only for the dataset both ran: 2 / 5, 0.5 / 0.6, 0.25 / 0.2
+    ratio = ratio_table(df, "shortcut", "flow_matching").splitlines()
+    assert ratio[2] == "| shortcut, toy:eight_gaussians | 3 / 1 | 0.4 | 0.833 | 1.25 |" and ratio[3] == ""
     m, h, n = mean_ci([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and h == pytest.approx(T_975_2 / math.sqrt(3))
     written = {p.name for p in write_report("mixed", tmp_path / "out")}
