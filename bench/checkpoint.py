@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,6 +75,8 @@ def load_latest(path: Path, map_location="cpu", warn=print) -> tuple[Any, Path] 
     for p in candidates:
         try:
             state = load(p, map_location)
+        except CheckpointRefused:
+            raise  # a planted file is reported, not worked around
         except BenchError as e:
             errors.append(str(e))
             continue
@@ -82,15 +86,28 @@ def load_latest(path: Path, map_location="cpu", warn=print) -> tuple[Any, Path] 
     raise BenchError(" ".join(errors))
 
 
-def load(path: Path, map_location="cpu") -> Any:
-    """torch.load with one clear sentence for a missing, truncated or corrupt file."""
+def load(path: Path, map_location="cpu", mmap: bool = False) -> Any:
+    """torch.load with weights_only=True: what the harness saves (tensors, numbers, strings and
+    dicts, lists and tuples of them) loads; a file that would import or call anything (a pickle
+    payload: a teacher from elsewhere, a checkpoint from a shared store) is refused unexecuted.
+    One clear sentence for a missing, refused, truncated or corrupt file."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"Checkpoint {path} does not exist.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # it names something to import, or a torch.save archive whose pickle the allow-list refused
+        if "GLOBAL" in str(e) or (zipfile.is_zipfile(path) and "Weights only load failed" in str(e)):
+            raise CheckpointRefused(f"Checkpoint {path} holds Python objects other than tensors and plain "
+                                    f"containers (code that loading would run); it was refused and not loaded.") from None
+        raise BenchError(f"Checkpoint {path} is truncated or corrupt ({type(e).__name__}); it was not used.") from None
     except Exception as e:
         raise BenchError(f"Checkpoint {path} is truncated or corrupt ({type(e).__name__}); it was not used.") from None
+
+
+class CheckpointRefused(BenchError):
+    """A file whose unpickling would run code: never loaded, never silently replaced by an older one."""
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

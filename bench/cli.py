@@ -1,7 +1,9 @@
 """`bench`: run, report, methods, profiles, digits-classifier.
 
 Heavy imports (torch, mlflow, ray) happen inside the commands so `bench --help` stays fast.
-Errors a user can cause print one line and exit with code 2.
+Exit codes: 0 done; 2 bad input a user can fix (one line, nothing run), also click's usage errors;
+1 a run or sweep that started and failed (non-finite loss, failed trials) or an unexpected error;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: flags print as flags (typer's rich help shows `--quiet <bool>`)
     help="Benchmark few-step generative models: FID against the number of sampling steps.",
 )
 
@@ -52,7 +55,26 @@ def run(
     run_id = None
     if resume:
         run_id = find_unfinished_run(cfg, experiment or cfg.profile)
-    _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=not quiet))
+    experiment = experiment or cfg.profile
+    _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=_progress(quiet),
+                                on_run=_announce(experiment)))
+
+
+def _progress(quiet: bool) -> bool:
+    """Progress bars only on a terminal: redirected to a file, tqdm's cursor codes would fill it."""
+    return not quiet and sys.stderr.isatty()
+
+
+def _announce(experiment: str):
+    """on_run for execute: where the run's results go, printed as soon as its MLflow run exists."""
+    from bench.run import checkpoint_dir
+    from bench.tracking import tracking_uri
+
+    def on_run(run_id: str) -> None:
+        typer.echo(f"run {run_id} in experiment {experiment!r} at {tracking_uri()}; "
+                   f"checkpoints in {checkpoint_dir(run_id)}")
+
+    return on_run
 
 
 @app.command()
@@ -64,7 +86,8 @@ def resume(
     from bench.run import config_of_run, execute
 
     cfg, experiment = config_of_run(run_id)
-    _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=not quiet))
+    _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=_progress(quiet),
+                                on_run=_announce(experiment)))
 
 
 def _print_outcome(cfg, out) -> None:
@@ -73,6 +96,9 @@ def _print_outcome(cfg, out) -> None:
     typer.echo(f"\n{cfg.method_name} on {cfg.data.spec} (profile {cfg.profile}, seed {cfg.seed}, "
                f"{cfg.eval.num_samples} samples per n)")
     typer.echo(format_table(out.results))
+    if any("kid" in m for m in out.results.values()):
+        typer.echo("kid: unbiased MMD² with the cubic kernel (x·y/d + 1)³ in the feature space's raw units, "
+                   "not x1000; compare it only within one feature space")
     typer.echo(f"\nrun {out.run_id} in experiment {out.experiment!r} at {out.tracking_uri}")
     typer.echo(f"artifacts: {out.artifact_uri}")
     typer.echo(f"checkpoint: {out.checkpoint}")
@@ -82,12 +108,20 @@ def _print_outcome(cfg, out) -> None:
 @app.command()
 def report(
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", "-e", help="Experiment(s) to report (default: every experiment)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: results/<experiment>/)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $BENCH_STORE/reports/<experiment>/, outside git; the reference results: --out results/<experiment>)."),
+    ratio: Optional[str] = typer.Option(None, "--ratio", help="A/B, e.g. shortcut/flow_matching: also ratio_A_B.md, FID of A over FID of B at every n, for runs set up alike."),
 ):
-    """Read the tracking store only; write fid_vs_steps.png and metrics.csv per experiment."""
+    """Read the tracking store only; per experiment write table.md (FID at M, 4, 1 steps: mean ± 95 % t-interval
+    over seeds, one row per group of like runs), fid_vs_steps.png/.svg and metrics.csv. KID in metrics.csv is in
+    the feature space's raw units (not x1000)."""
     from bench.report import write_reports
 
-    for path in write_reports(experiment or None, out):
+    pair = None
+    if ratio:
+        pair = tuple(ratio.split("/"))
+        if len(pair) != 2 or not all(pair):
+            raise BenchError(f"--ratio takes two methods as A/B (e.g. shortcut/flow_matching), got {ratio!r}.")
+    for path in write_reports(experiment or None, out, ratio=pair):
         typer.echo(f"wrote {path}")
 
 
@@ -147,7 +181,7 @@ def prepare_latents(
 
     t0 = time.perf_counter()
     path = prepare(data, vae, out, resolution=resolution, batch_size=batch_size, device=device, workers=workers,
-                   dtype=dtype, progress=not quiet)
+                   dtype=dtype, progress=_progress(quiet))
     seconds = time.perf_counter() - t0
     meta = read_metadata(path)
     typer.echo(f"wrote {meta['num_samples']} latents of shape {tuple(meta['latent_shape'])} "
@@ -185,7 +219,7 @@ def main() -> None:
         app(standalone_mode=False)
     except BenchError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except click.exceptions.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)

@@ -1,11 +1,23 @@
-"""`bench report`: reads ONLY the tracking store and writes, per experiment,
-fid_vs_steps.png (seaborn, x = sampling steps on a log2 axis, one line per method or swept
-value, spread over seeds), metrics.csv (one row per run, metric and step) and table.md
-(FID at M, 4 and 1 steps, the paper's layout); with several methods also fid_vs_compute.png (FID at
-1, 4 and M steps against each run's training compute, teacher included)."""
+"""`bench report`: reads ONLY the tracking store and writes, per experiment, into
+$BENCH_STORE/reports/<experiment>/ unless --out says where (the committed reference results:
+`--out results/<experiment>`):
+
+- fid_vs_steps.png/.svg: FID against sampling steps (log2 axis), one line per group of runs,
+  the mean over the group's runs (seeds) with its 95 % Student-t interval as a band;
+- table.md: FID at M, 4 and 1 steps per group, `mean ± half-width of the 95 % t-interval` and
+  the number of runs;
+- metrics.csv: one row per run, metric and step, with each run's group;
+- several methods: fid_vs_compute.png/.svg (FID at 1, 4 and M steps against training compute);
+  one method's sweep: fid_vs_swept.png/.svg and .csv (FID against the swept value).
+
+A group is every run with the same method, dataset, profile and config values: only the seed
+(and what is per run by nature: ids, teacher ids, file locations) may differ. Groups are labelled
+by the config keys that differ between them, so unlike runs never share a row or a line."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +26,15 @@ from bench.errors import BenchError
 
 EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
 SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
+# params that group runs: the resolved config (settable) and what the harness derived from it
+GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.")
+# per run by nature, never a reason to split a group: the seed (and the evaluation seed derived
+# from it), ids and hashes of a run's own teacher or checkpoint, and paths whose file is
+# identified by a hash param
+PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.checkpoint_step", "eval.checkpoint_ema_sha256",
+           "eval.inception_weights"}
+CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (seeds) of a row "
+           "(n - 1 degrees of freedom); a single run shows its value")
 
 
 def open_store(uri: str | None = None):
@@ -27,7 +48,7 @@ def open_store(uri: str | None = None):
 
 
 def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
-    """One row per (finished run, metric, sampling steps) of `experiment`."""
+    """One row per (finished run, metric, sampling steps) of `experiment`, with the run's group."""
     c = open_store(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
@@ -51,14 +72,86 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             "teacher_examples": float(params.get("budget.teacher_examples", 0) or 0),
             "train_compute": training_compute(params),
         }
-        for k in swept:
-            base[k] = params.get(k)
+        group = {k: v for k, v in params.items() if k.startswith(GROUP_PREFIXES) and k not in PER_RUN}
+        base["config"] = json.dumps({"method": base["method"], "profile": base["profile"], "dataset": base["dataset"],
+                                     **group}, sort_keys=True)
         for key in EVAL_METRICS:
             if key not in run.data.metrics:
                 continue
             for m in c.get_metric_history(run.info.run_id, key):
                 rows.append({**base, "steps": int(m.step), "metric": key, "value": float(m.value)})
-    return pd.DataFrame(rows)
+    return label_groups(pd.DataFrame(rows))
+
+
+def _settable() -> set[str]:
+    """Config keys a user sets (bench.toml / --set); the other params are derived from them."""
+    from dataclasses import fields
+
+    from bench import config
+
+    sections = {"data": config.DataConfig, "model": config.ModelConfig, "train": config.TrainConfig,
+                "eval": config.EvalConfig}
+    return {"method", "profile"} | {f"{name}.{f.name}" for name, cls in sections.items() for f in fields(cls)}
+
+
+def group_keys(configs: list[dict[str, str]]) -> list[str]:
+    """The keys that tell the groups apart: method, then every settable key whose value differs
+    between groups that have it (method.* keys: every method's own options are settable), then
+    derived keys (data fingerprints, budgets, ...) only where those leave two groups alike."""
+    settable = _settable()
+    keys = sorted({k for c in configs for k in c}, key=lambda k: (k != "method", k != "profile", k))
+
+    def differs(k: str) -> bool:
+        return len({c[k] for c in configs if k in c}) > 1
+
+    def classes(ks: list[str]) -> int:
+        return len({tuple(c.get(j) for j in ks) for c in configs})
+
+    chosen = [k for k in keys if (k in settable or k.startswith("method.")) and differs(k)]
+    for k in keys:
+        if classes(chosen) == len(configs):
+            break
+        if k not in chosen and classes(chosen + [k]) > classes(chosen):  # it tells two groups apart
+            chosen.append(k)
+    return chosen or ["method"]
+
+
+def label_groups(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds `group` (the values of group_keys, joined: the label of a row and a line) and one
+    column per group key; df.attrs["group_keys"] names them."""
+    if df.empty:
+        return df
+    configs = {c: json.loads(c) for c in df["config"].unique()}
+    keys = group_keys(list(configs.values()))
+    for k in keys:
+        if k not in df.columns:
+            df[k] = df["config"].map(lambda c, k=k: configs[c].get(k))
+    df["group"] = df["config"].map(lambda c: ", ".join(str(configs[c].get(k, "-")) for k in keys))
+    df.attrs["group_keys"] = keys
+    return df
+
+
+def group_title(df: pd.DataFrame) -> str:
+    return ", ".join(df.attrs.get("group_keys") or ["method"])
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """(mean, half-width of the 95 % Student-t interval, n); the half-width is nan for n = 1."""
+    from scipy import stats
+
+    v = pd.Series(values, dtype=float).dropna()
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(v.iloc[0]), math.nan, 1
+    return float(v.mean()), float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)), n
+
+
+def format_ci(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4g}" + ("" if math.isnan(half) else f" ± {half:.2g}")
 
 
 def training_compute(params: dict[str, str]) -> float:
@@ -73,78 +166,184 @@ def training_compute(params: dict[str, str]) -> float:
     return part("") + part("teacher_")
 
 
-def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> Path:
-    """FID against training compute (teacher included), one panel per n in (1, 4, M), mean over seeds."""
+# -- plots ---------------------------------------------------------------------------------
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
+    plt.rcParams["svg.hashsalt"] = "bench"  # the same data gives the same SVG bytes (committed results)
+    return plt
+
+
+def _save(fig, path: Path) -> list[Path]:
+    """The PNG at `path` and a vector copy (.svg) beside it, each written whole."""
     from bench.checkpoint import atomic_write
 
+    path = Path(path)
+    svg = path.with_suffix(".svg")
+    written = [atomic_write(path, lambda fh: fig.savefig(fh, format="png", bbox_inches="tight")),
+               atomic_write(svg, lambda fh: fig.savefig(fh, format="svg", bbox_inches="tight", metadata={"Date": None}))]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return written
+
+
+def _axis(ax, which: str, lo: float, hi: float, log2_ticks: list[float] | None = None) -> None:
+    """Readable ticks on any range: a log axis when the values span a decade or more (major
+    ticks only, plain numbers), else a linear one with at most 6 ticks; `log2_ticks` puts a log2
+    axis with a tick at each given value (sampling steps)."""
+    from matplotlib import ticker
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
+    fmt = ticker.FuncFormatter(lambda v, _: f"{v:.4g}" if abs(v) < 1e4 else ticker.EngFormatter(sep=" ")(v))
+    if log2_ticks:
+        set_scale("log", base=2)
+        axis.set_major_locator(ticker.FixedLocator(log2_ticks))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_locator(ticker.NullLocator())
+    elif lo > 0 and hi / lo >= 10:
+        set_scale("log")
+        axis.set_major_locator(ticker.LogLocator(base=10, numticks=8))
+        axis.set_minor_locator(ticker.LogLocator(base=10, subs=range(2, 10), numticks=100))
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(ticker.NullFormatter())
+        if hi / lo < 100:  # one or two decades: label 2x and 5x too, or the axis has a single label
+            axis.set_minor_formatter(ticker.FuncFormatter(
+                lambda v, _: fmt(v, None) if round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
+    else:
+        set_scale("linear")
+        axis.set_major_locator(ticker.MaxNLocator(6))
+        axis.set_major_formatter(fmt)
+
+
+def _bands(stats: pd.DataFrame) -> tuple[float, float]:
+    """The y range that shows every mean; bands below it are clipped to the axis (a lower
+    t-bound can be <= 0, off a log axis)."""
+    means = stats["mean"][stats["mean"] > 0]
+    lo = float(means.min()) if len(means) else 1e-3
+    hi = float(stats[["mean", "hi"]].max(axis=1).max())
+    return lo / 1.5, hi * 1.3
+
+
+def _interval(values: pd.Series) -> pd.Series:
+    m, h, n = mean_ci(values)
+    return pd.Series({"mean": m, "lo": m - h if n > 1 else m, "hi": m + h if n > 1 else m, "n": n})
+
+
+def _lines(ax, stats: pd.DataFrame, hue: str, x: str, order: list, floor: float) -> None:
+    """One line per hue value with markers, the t-interval as a band clipped at `floor`."""
+    import seaborn as sns
+
+    colours = sns.color_palette("colorblind" if len(order) <= 10 else "husl", len(order))
+    markers = "osD^vP*Xph<>"
+    for i, key in enumerate(order):
+        s = stats[stats[hue] == key].sort_values(x)
+        ax.plot(s[x], s["mean"], marker=markers[i % len(markers)], color=colours[i], label=str(key), lw=1.6, ms=5)
+        if (s["n"] > 1).any():
+            ax.fill_between(s[x], s["lo"].clip(lower=floor), s["hi"], color=colours[i], alpha=0.18, lw=0)
+
+
+def _legend(ax, title: str) -> None:
+    """Outside the axes, right of the data: it never covers a curve."""
+    ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8, title_fontsize=8)
+
+
+def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    plt = _pyplot()
+    fid = df[df["metric"] == "fid"]
+    stats = fid.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
+    order = sorted(stats["group"].unique(), key=_sort_key)
+    floor, top = _bands(stats)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    _lines(ax, stats, "group", "steps", order, floor)
+    steps = sorted(fid["steps"].unique())
+    _axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
+    _axis(ax, "y", floor, top)
+    ax.set_ylim(floor, top)
+    space = ", ".join(sorted(fid["feature_space"].unique()))
+    runs = int(stats["n"].max())
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"FID ({space} features)")
+    ax.set_title(f"{title}: {fid['num_samples'].max()} samples per point, up to {runs} run(s) per line"
+                 + (",\nbands: 95 % t-interval over runs" if runs > 1 else ""), fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax, group_title(df))
+    return _save(fig, path)
+
+
+def plot_run_curve(fid: dict[int, float], path: Path, title: str) -> list[Path]:
+    """One run's FID against n (the MLflow artifact plots/fid_vs_steps.png)."""
+    plt = _pyplot()
+    steps = sorted(fid)
+    vals = [fid[n] for n in steps]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.plot(steps, vals, marker="o", lw=1.6)
+    pos = [v for v in vals if v > 0]
+    lo, hi = (min(pos) / 1.5, max(pos) * 1.3) if pos else (0, 1)
+    _axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
+    _axis(ax, "y", lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("FID")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    """FID against training compute (teacher included), one panel per n in (1, 4, M): each group's
+    mean over its runs, the 95 % t-interval as an error bar."""
+    import seaborn as sns
+
+    plt = _pyplot()
     fid = df[df["metric"] == "fid"]
     M = int(fid["steps"].max())
     cols = [s for s in (1, 4, M) if s in set(fid["steps"])]
-    pts = fid[fid["steps"].isin(cols)].groupby(["method", "steps"], as_index=False)[["train_compute", "value"]].mean()
-    order = sorted(pts["method"].unique(), key=_sort_key)
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 4.0), dpi=120, sharey=True, squeeze=False)
+    fid = fid[fid["steps"].isin(cols)]
+    stats = fid.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
+    stats = stats.merge(fid.groupby("group", as_index=False)["train_compute"].mean(), on="group")
+    order = sorted(stats["group"].unique(), key=_sort_key)
+    floor, top = _bands(stats)
+    colours = sns.color_palette("colorblind" if len(order) <= 10 else "husl", len(order))
+    markers = "osD^vP*Xph<>"
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 2.2, 3.8), dpi=120, sharey=True, squeeze=False)
+    xs = stats["train_compute"][stats["train_compute"] > 0]
+    xlo, xhi = (float(xs.min()) / 1.3, float(xs.max()) * 1.3) if len(xs) else (1.0, 10.0)
     for ax, n in zip(axes[0], cols):
-        sns.scatterplot(data=pts[pts["steps"] == n], x="train_compute", y="value", hue="method", hue_order=order,
-                        style="method", style_order=order, s=70, ax=ax, legend=ax is axes[0][-1])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"{n} sampling step{'s' if n > 1 else ''}")
+        for i, key in enumerate(order):
+            s = stats[(stats["group"] == key) & (stats["steps"] == n)]
+            if s.empty:
+                continue
+            err = [[max(float(s["mean"].iloc[0] - max(s["lo"].iloc[0], floor)), 0)], [float(s["hi"].iloc[0] - s["mean"].iloc[0])]]
+            ax.errorbar(s["train_compute"], s["mean"], yerr=err if s["n"].iloc[0] > 1 else None, fmt=markers[i % len(markers)],
+                        color=colours[i], label=str(key), ms=6, capsize=3)
+        _axis(ax, "x", xlo, xhi)
+        ax.set_xlim(xlo, xhi)
+        _axis(ax, "y", floor, top)
+        ax.set_ylim(floor, top)
+        ax.set_title(f"{n} sampling step{'s' if n > 1 else ''}", fontsize=9)
         ax.set_xlabel("training compute (network rows)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("FID")
-    if axes[0][-1].get_legend() is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1))
+    _legend(axes[0][-1], group_title(df))
     fig.suptitle(f"{title}: FID against training compute (rows through the network, a backward = 2 forwards, "
-                 f"teacher included)", fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
-    plt.close(fig)
-    return path
+                 f"teacher included)", fontsize=9)
+    return _save(fig, path)
 
 
 def hue_column(df: pd.DataFrame) -> str:
-    """Colour by method, or by the swept key when the experiment is one method's sweep."""
-    swept = [s for s in df["swept"].unique() if s]
-    if len(swept) == 1 and df["method"].nunique() == 1 and "," not in swept[0]:
-        return swept[0]
-    return "method"
-
-
-def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from bench.checkpoint import atomic_write
-
-    fid = df[df["metric"] == "fid"].copy()
-    hue = hue_column(df)
-    order = sorted(fid[hue].unique(), key=_sort_key)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    sns.lineplot(data=fid, x="steps", y="value", hue=hue, hue_order=order, marker="o", errorbar="sd", ax=ax)
-    ax.set_xscale("log", base=2)
-    steps = sorted(fid["steps"].unique())
-    ax.set_xticks(steps)
-    ax.set_xticklabels([str(s) for s in steps])
-    ax.set_yscale("log")
-    space = ", ".join(sorted(fid["feature_space"].unique()))
-    runs = fid.groupby(hue)["run_id"].nunique().max()
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel(f"FID ({space} features)")
-    ax.set_title(f"{title}: {fid['num_samples'].max()} samples per point, up to {runs} run(s) per line")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
-    plt.close(fig)
-    return path
+    """The key a one-method sweep varies (its values go on an x axis), else `group`."""
+    keys = df.attrs.get("group_keys") or ["method"]
+    if len(keys) != 1 or keys[0] == "method" or keys[0] not in df.columns:
+        return "group"
+    swept = {k for s in df["swept"].unique() for k in s.split(",") if k}
+    numeric = all(isinstance(_numeric(v), float) for v in df[keys[0]].unique())
+    return keys[0] if keys[0] in swept or numeric else "group"  # FID against a dataset name is no curve
 
 
 def _sort_key(v):
@@ -155,26 +354,53 @@ def _sort_key(v):
 
 
 def fid_table(df: pd.DataFrame) -> str:
-    """Markdown: rows = method (or swept value), columns = FID at M (each row's own largest n), 4 and
-    1 steps (mean over runs, with the standard deviation when there are several)."""
+    """Markdown: one row per group, columns FID at M (the group's largest n), 4 and 1 steps as
+    `mean ± half-width of the 95 % t-interval` over the group's runs, and the number of runs."""
     fid = df[df["metric"] == "fid"]
-    hue = hue_column(df)
-    lines = [f"| {hue} | M | FID at M steps | 4 steps | 1 step | runs |", "|---|---|---|---|---|---|"]
-    for key in sorted(fid[hue].unique(), key=_sort_key):
-        sub = fid[fid[hue] == key]
+    lines = [f"| {group_title(df)} | M | FID at M steps | 4 steps | 1 step | runs |", "|---|---|---|---|---|---|"]
+    for key in sorted(fid["group"].unique(), key=_sort_key):
+        sub = fid[fid["group"] == key]
         M = int(sub["steps"].max())
-        vals = []
-        for s in (M, 4, 1):
-            v = sub[sub["steps"] == s]["value"]
-            vals.append("n/a" if v.empty else f"{v.mean():.4g}" + (f" ± {v.std():.2g}" if len(v) > 1 else ""))
-        lines.append(f"| {key} | {M} | " + " | ".join(vals) + f" | {sub['run_id'].nunique()} |")
-    return "\n".join(lines) + "\n"
+        cells = [format_ci(*mean_ci(sub.loc[sub["steps"] == s, "value"])[:2]) for s in (M, 4, 1)]
+        lines.append(f"| {key} | {M} | " + " | ".join(cells) + f" | {sub['run_id'].nunique()} |")
+    space = ", ".join(sorted(fid["feature_space"].unique()))
+    return "\n".join(lines) + f"\n\nFID in the {space} feature space, {fid['num_samples'].max()} samples per n; {CI_NOTE}.\n"
+
+
+def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:
+    """Markdown: FID of method `num` over FID of method `den` at every n both have (e.g. shortcut
+    against flow matching), for each pair of groups run alike: every key both configs have is
+    equal (data, model, training, evaluation, M, CFG scale), budgets and method-only keys aside.
+    A ratio of the two groups' means over their runs; no interval."""
+    fid = df[df["metric"] == "fid"]
+    configs = {c: json.loads(c) for c in fid["config"].unique()}
+
+    def alike(a: dict, b: dict) -> bool:
+        shared = (set(a) & set(b)) - {"method"}
+        return all(a[k] == b[k] for k in shared if not k.startswith("budget."))
+
+    mean = fid.groupby(["config", "steps"])["value"].mean()
+    runs = fid.groupby("config")["run_id"].nunique()
+    lines = []
+    for ca in sorted(c for c in configs if configs[c]["method"] == num):
+        for cb in sorted(c for c in configs if configs[c]["method"] == den and alike(configs[ca], configs[c])):
+            steps = sorted(set(mean[ca].index) & set(mean[cb].index))
+            label = fid.loc[fid["config"] == ca, "group"].iloc[0]
+            lines.append((label, runs[ca], runs[cb], {n: mean[ca][n] / mean[cb][n] for n in steps}))
+    if not lines:
+        raise BenchError(f"No runs of {num} and {den} with the same data, model, training and evaluation in this experiment.")
+    steps = sorted({n for *_, r in lines for n in r})
+    out = [f"| {num} group | runs {num} / {den} | " + " | ".join(f"n = {n}" for n in steps) + " |",
+           "|---|---|" + "---|" * len(steps)]
+    for label, ra, rb, r in lines:
+        out.append(f"| {label} | {ra} / {rb} | " + " | ".join(f"{r[n]:.3g}" if n in r else "n/a" for n in steps) + " |")
+    return "\n".join(out) + f"\n\nFID of {num} / FID of {den} (each the mean over its runs); below 1: {num} is better.\n"
 
 
 def swept_table(df: pd.DataFrame) -> pd.DataFrame:
     """A sweep's FID at n = 1, 4 and M (each run's own largest n, so an M sweep compares like with
     like) against the swept value: one row per (value, n) with the mean, the standard deviation
-    over runs (seeds) and the number of runs."""
+    over runs (seeds), the half-width of the 95 % t-interval and the number of runs."""
     key = hue_column(df)
     fid = df[df["metric"] == "fid"]
     rows = []
@@ -186,6 +412,7 @@ def swept_table(df: pd.DataFrame) -> pd.DataFrame:
                 rows.append({key: _numeric(run[key].iloc[0]), "at": at, "value": float(v.iloc[0]), "run_id": run_id})
     raw = pd.DataFrame(rows)
     table = raw.groupby([key, "at"])["value"].agg(["mean", "std", "count"]).reset_index()
+    table["ci95"] = [mean_ci(raw.loc[(raw[key] == k) & (raw["at"] == a), "value"])[1] for k, a in zip(table[key], table["at"])]
     table.attrs["raw"] = raw
     return table
 
@@ -197,62 +424,78 @@ def _numeric(v):
         return v
 
 
-def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> Path:
-    """FID against the swept value, one line each for n = 1, 4 and M; mean and sd over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from bench.checkpoint import atomic_write
-
+def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    """FID against the swept value, one line each for n = 1, 4 and M; mean and 95 % t-interval over seeds."""
+    plt = _pyplot()
     key = hue_column(df)
     raw = swept_table(df).attrs["raw"]
+    stats = raw.groupby(["at", key])["value"].apply(_interval).unstack().reset_index()
+    floor, top = _bands(stats)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    sns.lineplot(data=raw, x=key, y="value", hue="at", hue_order=["n = 1", "n = 4", "n = M"], marker="o",
-                 errorbar="sd", ax=ax)
-    values = sorted(raw[key].unique())
-    if all(isinstance(v, float) for v in values):
+    order = [a for a in ("n = 1", "n = 4", "n = M") if a in set(stats["at"])]
+    numeric = all(isinstance(v, float) for v in stats[key])
+    if not numeric:
+        stats[key] = stats[key].astype(str)
+    _lines(ax, stats, "at", key, order, floor)
+    if numeric:
+        values = sorted(stats[key].unique())
         if values[0] > 0 and values[-1] / values[0] >= 4:
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(values)
-        ax.set_xticklabels([f"{v:g}" for v in values])
-    ax.set_yscale("log")
-    seeds = raw.groupby([key, "at"])["run_id"].nunique().max()
+            _axis(ax, "x", values[0], values[-1], log2_ticks=values)
+    _axis(ax, "y", floor, top)
+    ax.set_ylim(floor, top)
+    seeds = int(stats["n"].max())
     ax.set_xlabel(key)
     ax.set_ylabel(f"FID ({', '.join(sorted(df['feature_space'].unique()))} features)")
-    ax.set_title(f"{title}: FID against {key}" + (f", mean and sd over {seeds} seeds" if seeds > 1 else ""))
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
-    plt.close(fig)
-    return path
+    ax.set_title(f"{title}: FID against {key}" + (f", mean and 95 % t-interval over up to {seeds} seeds" if seeds > 1 else ""),
+                 fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax, "at")
+    return _save(fig, path)
 
 
-def write_report(experiment: str, out: Path | None = None, uri: str | None = None) -> list[Path]:
+def default_out(experiment: str) -> Path:
+    """A user's reports live beside the store, never over the committed results/."""
+    from bench.tracking import store_root
+
+    return store_root() / "reports" / experiment
+
+
+def write_report(experiment: str, out: Path | None = None, uri: str | None = None,
+                 ratio: tuple[str, str] | None = None) -> list[Path]:
+    """ratio: (num, den) methods: also ratio_<num>_<den>.md (ratio_table)."""
     from bench.checkpoint import atomic_write
 
     df = collect(experiment, uri)
     if df.empty:
         raise BenchError(f"Experiment {experiment!r} has no finished runs with evaluation metrics.")
-    out = Path(out) if out else Path.cwd() / "results" / experiment
+    out = Path(out) if out else default_out(experiment)
     out.mkdir(parents=True, exist_ok=True)
-    df = df.sort_values(["method", "seed", "run_id", "metric", "steps"]).reset_index(drop=True)
-    written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(df.to_csv(index=False).encode()))]
-    written.append(plot_fid_vs_steps(df, out / "fid_vs_steps.png", experiment))
+    keys = df.attrs["group_keys"]
+    df = df.sort_values(["group", "seed", "run_id", "metric", "steps"]).reset_index(drop=True)
+    df.attrs["group_keys"] = keys
+    columns = ["run_id", "group", *[k for k in keys if k not in ("method", "profile")], "method", "dataset", "profile",
+               "seed", "num_samples", "feature_space", "swept", "train_examples", "teacher_examples", "train_compute",
+               "steps", "metric", "value"]
+    csv = df[list(dict.fromkeys(columns))].to_csv(index=False)
+    written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(csv.encode()))]
+    written += plot_fid_vs_steps(df, out / "fid_vs_steps.png", experiment)
     written.append(atomic_write(out / "table.md", lambda fh: fh.write(fid_table(df).encode())))
-    if hue_column(df) == "method" and df["train_compute"].gt(0).any():  # methods side by side: FID per unit of training
-        written.append(plot_fid_vs_compute(df, out / "fid_vs_compute.png", experiment))
-    if hue_column(df) not in ("method", "seed"):  # one method's sweep: FID against the swept value too
-        written.append(plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment))
+    if df["method"].nunique() > 1 and df["train_compute"].gt(0).any():  # methods side by side: FID per unit of training
+        written += plot_fid_vs_compute(df, out / "fid_vs_compute.png", experiment)
+    if hue_column(df) != "group":  # one method's sweep: FID against the swept value too
+        written += plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment)
         table = swept_table(df).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(table.encode())))
+    if ratio:
+        text = ratio_table(df, *ratio)
+        written.append(atomic_write(out / f"ratio_{ratio[0]}_{ratio[1]}.md", lambda fh: fh.write(text.encode())))
     return written
 
 
-def write_reports(experiments: list[str] | None, out: Path | None = None) -> list[Path]:
-    """Every named experiment (default: every experiment with runs) under out/<experiment>/."""
+def write_reports(experiments: list[str] | None, out: Path | None = None,
+                  ratio: tuple[str, str] | None = None) -> list[Path]:
+    """Every named experiment (default: every experiment with runs) under out/<experiment>/
+    (out: $BENCH_STORE/reports/ unless given)."""
     if not experiments:
         c = open_store()
         experiments = [e.name for e in c.search_experiments() if c.search_runs([e.experiment_id], max_results=1)]
@@ -261,5 +504,5 @@ def write_reports(experiments: list[str] | None, out: Path | None = None) -> lis
     written: list[Path] = []
     for name in experiments:
         target = (Path(out) / name) if (out and len(experiments) > 1) else out
-        written += write_report(name, target)
+        written += write_report(name, target, ratio=ratio)
     return written

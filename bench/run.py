@@ -366,6 +366,8 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
             tracker.log_artifact(save_samples(r, Path(tmp) / f"steps_{n}.npz"), "samples")
             kind = "grids" if p.data.kind == "images" else "scatter"
             tracker.log_artifact(save_picture(r, p.data, Path(tmp) / f"steps_{n}.png", ref), kind)
+    tracker.log_fid_curve(results, f"{p.cfg.method_name} on {p.cfg.data.spec}, seed {p.cfg.seed}, "
+                                   f"{p.cfg.eval.num_samples} samples per n")
     return results
 
 

@@ -1,5 +1,7 @@
 """The MLflow adapter: one run per training run, evaluation metrics logged with
-step = number of sampling steps (so MLflow's own chart of `fid` is the FID-vs-steps curve).
+step = number of sampling steps n. MLflow charts steps on a linear axis (n = 1..8 crammed at the
+left of 1..128), so each run also logs `fid_by_log2_steps` at step = log2(n) and its own
+fid_vs_steps.png; experiments are tagged as model development so MLflow 3's UI opens on runs.
 
 Embedded default: a SQLite file under results/store/ (ignored by git). MLFLOW_TRACKING_URI
 overrides, as everywhere in MLflow. Uses MlflowClient only (no global active run), so several
@@ -17,6 +19,9 @@ from typing import Any
 from bench.errors import BenchError
 
 STORE_ENV = "BENCH_STORE"
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces); this value opens the runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+LOG2_FID = "fid_by_log2_steps"
 
 
 def store_root() -> Path:
@@ -103,13 +108,16 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise BenchError(f"MLflow experiment {name!r} is deleted; restore it or pick another --experiment.")
+        for k, v in EXPERIMENT_KIND.items():
+            if k not in exp.tags:  # made by an older bench or by hand: still open on the runs
+                c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     uri = uri or tracking_uri()
     location = None
     if is_local_sqlite(uri):
         location = (Path(uri[len("sqlite:///"):]).parent / "artifacts" / name).resolve().as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created meanwhile by another process
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -167,6 +175,24 @@ class Tracker:
             self._last_step[k] = step
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_fid_curve(self, results: dict[int, dict[str, float]], title: str) -> None:
+        """FID against n readable in MLflow's UI: `fid_by_log2_steps` at step = log2(n) (n a power of
+        two; evenly spaced points) and the run's own fid_vs_steps.png / .svg (log2 axis) as artifacts."""
+        import math
+        import tempfile
+
+        fid = {n: m["fid"] for n, m in results.items() if "fid" in m}
+        if not fid:
+            return
+        for n in sorted(fid):
+            if n & (n - 1) == 0:
+                self.log_metrics({LOG2_FID: fid[n]}, step=int(math.log2(n)))
+        from bench.report import plot_run_curve
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in plot_run_curve(fid, Path(tmp) / "fid_vs_steps.png", title):
+                self.log_artifact(path, "plots")
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import BenchError, RunFailed
 
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 LISTS = ("grid", "choice")  # every value (grid) or one per draw (choice; every value when sampling-time)
@@ -488,9 +488,9 @@ def run_trial(config: dict[str, Any]) -> None:
     """A Ray Tune function trainable: one training configuration, every sampling-time point."""
     os.environ.update(config["env"])  # absolute store, tracking URI (trials run in their own cwd, maybe elsewhere)
     import ray
-    import torch
     from ray import tune
 
+    from bench import checkpoint as ckpt
     from bench.config import Config
     from bench.run import checkpoint_dir, evaluate_checkpoint, execute
     from bench.tracking import client
@@ -519,7 +519,7 @@ def run_trial(config: dict[str, Any]) -> None:
                     "sweep.trial": trial["key"], "sweep.point": point["key"], "sweep.attempts": "1"}
             if run is not None:  # continue this point's own run
                 last = checkpoint_dir(rid) / "last.pt"
-                step = int(torch.load(last, map_location="cpu", mmap=True, weights_only=False)["step"]) if (i == 0 and last.is_file()) else 0
+                step = int(ckpt.load(last, mmap=True)["step"]) if (i == 0 and last.is_file()) else 0
                 attempts = int(run.data.tags.get("sweep.attempts", "1")) + 1
                 c.set_tag(rid, "sweep.attempts", str(attempts))
                 c.set_tag(rid, "sweep.resumed_at_step", str(step))
@@ -727,7 +727,7 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
     return out
 
 
-class SweepFailed(BenchError):
+class SweepFailed(RunFailed):
     def __init__(self, outcome: SweepOutcome, message: str):
         super().__init__(message)
         self.outcome = outcome

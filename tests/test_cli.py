@@ -57,11 +57,47 @@ def test_unreachable_tracking_server():
     assert r.returncode == 2 and "unreachable" in r.stderr
 
 
+def test_flags_look_like_flags():
+    r = bench("run", "--help")
+    assert r.returncode == 0, r.stderr
+    flags = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith(("--resume", "-q, --quiet", "--help"))]
+    assert [f.split("  ")[0] for f in flags] == ["--resume", "-q, --quiet", "--help"], flags  # no value after a flag
+    assert "--seed <int>" in r.stdout and "<bool>" not in r.stdout and "\x1b" not in r.stdout
+
+
+@pytest.mark.parametrize("error, code", [("BenchError", 2), ("RunFailed", 1), ("NonFiniteLoss", 1)])
+def test_exit_code_2_for_bad_input_1_for_a_failed_run(monkeypatch, capsys, error, code):
+    import bench.cli
+    import bench.errors
+
+    def app(**_):
+        raise getattr(bench.errors, error)("Something went wrong at step 7.")
+
+    monkeypatch.setattr(bench.cli, "app", app)
+    with pytest.raises(SystemExit) as e:
+        bench.cli.main()
+    assert e.value.code == code
+    assert capsys.readouterr().err == "error: Something went wrong at step 7.\n"
+
+
+def test_a_sweep_with_failed_trials_and_a_non_finite_loss_are_runtime_failures():
+    from bench.errors import NonFiniteLoss, RunFailed
+    from bench.tune import SweepFailed
+
+    assert issubclass(SweepFailed, RunFailed) and issubclass(NonFiniteLoss, RunFailed) and RunFailed.exit_code == 1
+
+
 @pytest.mark.slow
 def test_run_then_report_end_to_end(isolated_store, tmp_path):
-    r = bench("run", "--method", "shortcut", "--profile", "smoke", "--experiment", "e2e", "-q", *TINY)
+    # no -q: stderr is a pipe, so the progress bars must stay off by themselves
+    r = bench("run", "--method", "shortcut", "--profile", "smoke", "--experiment", "e2e", *TINY)
     assert r.returncode == 0, r.stderr
     out = r.stdout
+    for code in ("\r", "\x1b["):  # tqdm's cursor codes in a log file
+        assert code not in out and code not in r.stderr
+    first = out.splitlines()[0]  # where the run goes, before it trains
+    assert first.startswith("run ") and "experiment 'e2e'" in first and str(isolated_store / "mlflow.db") in first
+    assert str(isolated_store / "checkpoints") in first
     for n in (1, 2, 4, 8):
         assert any(line.split()[:1] == [str(n)] for line in out.splitlines())
     assert "run " in out and "experiment 'e2e'" in out and str(isolated_store) in out
@@ -82,6 +118,16 @@ def test_run_then_report_end_to_end(isolated_store, tmp_path):
     assert {"config.json", "checkpoint", "samples", "scatter"} <= arts
     samples = {a.path for a in c.list_artifacts(run.info.run_id, "samples")}
     assert samples == {f"samples/steps_{n}.npz" for n in (1, 2, 4, 8)}
+    # MLflow's UI: the model-training view, and FID against log2(n) at evenly spaced steps
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    log2 = c.get_metric_history(run.info.run_id, "fid_by_log2_steps")
+    fid = c.get_metric_history(run.info.run_id, "fid")
+    assert [m.step for m in log2] == [0, 1, 2, 3] and [m.value for m in log2] == [m.value for m in fid]
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} == {"plots/fid_vs_steps.png", "plots/fid_vs_steps.svg"}
+    r = bench("report", "--experiment", "e2e")  # default: beside the store, not into the working tree
+    assert r.returncode == 0, r.stderr
+    assert (isolated_store / "reports" / "e2e" / "table.md").is_file() and not (tmp_path / "results").exists()
+    assert str(isolated_store / "reports" / "e2e" / "table.md") in r.stdout
     r = bench("report", "--experiment", "e2e", "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
     import pandas as pd
