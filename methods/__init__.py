@@ -5,6 +5,7 @@ from __future__ import annotations
 from bench.errors import BenchError
 from methods.base import Batch, Method, MethodOptions, Targets
 from methods.consistency import ConsistencyDistillation, ConsistencyTraining
+from methods.diffusion import Diffusion
 from methods.flow_matching import FlowMatching
 from methods.meanflow import MeanFlow
 from methods.progressive import Progressive
@@ -20,6 +21,7 @@ METHODS: dict[str, type[Method]] = {
     Reflow.name: Reflow,
     LiveReflow.name: LiveReflow,
     MeanFlow.name: MeanFlow,
+    Diffusion.name: Diffusion,
 }
 
 
