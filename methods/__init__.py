@@ -8,6 +8,7 @@ from methods.consistency import ConsistencyDistillation, ConsistencyTraining
 from methods.diffusion import Diffusion
 from methods.flow_matching import FlowMatching
 from methods.meanflow import MeanFlow
+from methods.pd_variants import ClassifierDistillation, RelationalDistillation
 from methods.progressive import Progressive
 from methods.reflow import LiveReflow, Reflow
 from methods.shortcut import Shortcut
@@ -22,6 +23,8 @@ METHODS: dict[str, type[Method]] = {
     LiveReflow.name: LiveReflow,
     MeanFlow.name: MeanFlow,
     Diffusion.name: Diffusion,
+    ClassifierDistillation.name: ClassifierDistillation,
+    RelationalDistillation.name: RelationalDistillation,
 }
 
 
