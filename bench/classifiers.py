@@ -3,8 +3,8 @@ spatial map, with gradients flowing to the input. Never the network FID/FD is me
 
 - digits: the second digits classifier (bench/digits_probe.py), shipped with the package;
 - other images: torchvision's ResNet-18 with its ImageNet weights from a local file
-  (method.classifier_weights, $BENCH_CLASSIFIER_WEIGHTS, or torch's hub cache under its usual name);
-  nothing is downloaded.
+  (method.classifier_weights, $BENCH_CLASSIFIER_WEIGHTS, or torch's hub cache under its usual name),
+  else downloaded into that cache where the machine is online (hash prefix checked).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from bench.errors import BenchError
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
+RESNET18_URL = "https://download.pytorch.org/models/" + RESNET18_FILE
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -99,9 +100,21 @@ def find_resnet18_weights(configured: str) -> Path:
             return Path(c).expanduser()
     if configured:
         raise BenchError(f"Classifier weights {configured} do not exist.")
-    raise BenchError(f"The classifier these methods distil through needs torchvision's ResNet-18 weights {RESNET18_FILE}; "
-                     f"set method.classifier_weights or BENCH_CLASSIFIER_WEIGHTS to the file, or place it in "
-                     f"{Path(torch.hub.get_dir()) / 'checkpoints'}.")
+    cached = Path(candidates[-1])
+    try:
+        download_resnet18(cached)
+        return cached
+    except Exception:
+        pass
+    raise BenchError(f"The classifier these methods distil through needs torchvision's ResNet-18 weights {RESNET18_FILE}, "
+                     f"which could not be downloaded; set method.classifier_weights or BENCH_CLASSIFIER_WEIGHTS to the file, "
+                     f"or place it in {cached.parent}.")
+
+
+def download_resnet18(dst: Path) -> None:
+    """Fetch the weights into torch's hub cache (where the machine is online), checking the hash prefix."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(RESNET18_URL, str(dst), hash_prefix=RESNET18_FILE.split("-")[1].split(".")[0], progress=False)
 
 
 def load_classifier_for(data, choice: str, weights: str, device: torch.device, who: str) -> FrozenClassifier:

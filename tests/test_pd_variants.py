@@ -257,9 +257,19 @@ def test_refusals_in_one_sentence(monkeypatch, tmp_path):
         load_classifier_for(latents, "auto", "", torch.device("cpu"), "cfd")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("BENCH_CLASSIFIER_WEIGHTS", raising=False)
+    tried = []
+
+    def offline(dst):
+        tried.append(dst)
+        raise OSError("offline")
+
+    monkeypatch.setattr("bench.classifiers.download_resnet18", offline)
     images = TensorData("npz:/x.npz", "images", torch.zeros(4, 3, 8, 8), None, 0)
-    with pytest.raises(BenchError, match="ResNet-18 weights resnet18-f37072fd.pth"):
+    with pytest.raises(BenchError, match="ResNet-18 weights resnet18-f37072fd.pth, which could not be downloaded"):
         load_classifier_for(images, "auto", "", torch.device("cpu"), "cfd")
+    assert tried == [tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"]
+    with pytest.raises(BenchError, match="/no/such.pth do not exist"):
+        load_classifier_for(images, "resnet18", "/no/such.pth", torch.device("cpu"), "cfd")
     with pytest.raises(BenchError, match="classifies 1x8x8 digits"):
         load_classifier_for(images, "digits-probe", "", torch.device("cpu"), "cfd")
 
