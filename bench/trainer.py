@@ -70,7 +70,7 @@ class Trainer:
         self.cfg, self.method, self.data, self.device = cfg, method, data, device
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()  # exact copy at step 0
-        method.setup(data, device)
+        method.setup(data, device)  # idempotent (run.prepare calls it first): builds what the method owns before the optimiser
         # modules the method owns (e.g. a head) train beside the model, in a second parameter group
         self.method_params = [p for m in method.trainable_modules().values() for p in m.parameters()]
         groups = [{"params": list(self.model.parameters())}] + ([{"params": self.method_params}] if self.method_params else [])
