@@ -1,4 +1,4 @@
-"""`bench`: run, report, methods, profiles, digits-classifier.
+"""`bench`: run, report, methods, profiles, digits-classifier, digits-probe.
 
 Heavy imports (torch, mlflow, ray) happen inside the commands so `bench --help` stays fast.
 Exit codes: 0 done; 2 bad input a user can fix (one line, nothing run), also click's usage errors;
@@ -158,6 +158,23 @@ def digits_classifier(
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     r = train_classifier(seed=seed, epochs=epochs, out=out)
+    typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
+               f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+
+
+@app.command("digits-probe")
+def digits_probe(
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default: the shipped file)."),
+    seed: int = typer.Option(1, "--seed"),
+    epochs: int = typer.Option(30, "--epochs"),
+):
+    """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network)."""
+    import torch
+
+    from bench.digits_probe import train_probe
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    r = train_probe(seed=seed, epochs=epochs, out=out)
     typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
                f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
 

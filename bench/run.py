@@ -143,7 +143,9 @@ def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None 
     method_cls = get_method(cfg.method_name)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg.model, data.shape, data.num_classes)
-    return Prepared(cfg, device, data, evaluator, method_cls(cfg.method, data.num_classes, teacher, train_steps=cfg.train.steps), model)
+    method = method_cls(cfg.method, data.num_classes, teacher, train_steps=cfg.train.steps)
+    method.setup(data, device)  # a method that cannot use these data says so before anything is written
+    return Prepared(cfg, device, data, evaluator, method, model)
 
 
 def run_params(p: Prepared) -> dict[str, Any]:
@@ -163,6 +165,7 @@ def run_params(p: Prepared) -> dict[str, Any]:
         "budget.train_steps": p.cfg.train.steps,
         "budget.train_examples": p.cfg.train.steps * p.cfg.train.batch_size,
         **{f"budget.{k}_per_step": v for k, v in passes.items()},
+        **p.method.run_params(),
         "eval.sampling_steps": ",".join(map(str, p.cfg.sampling_steps())),
     }
 

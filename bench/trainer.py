@@ -70,8 +70,12 @@ class Trainer:
         self.cfg, self.method, self.data, self.device = cfg, method, data, device
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()  # exact copy at step 0
+        method.setup(data, device)  # idempotent (run.prepare calls it first): builds what the method owns before the optimiser
+        # modules the method owns (e.g. a head) train beside the model, in a second parameter group
+        self.method_params = [p for m in method.trainable_modules().values() for p in m.parameters()]
+        groups = [{"params": list(self.model.parameters())}] + ([{"params": self.method_params}] if self.method_params else [])
         self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
+            groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
             fused=device.type == "cuda",
         )
         # compiled views share parameters with the eager modules (checkpoints hold the eager ones)
@@ -121,10 +125,18 @@ class Trainer:
         with self.autocast:
             tg = self.method.targets(self.fmodel, self.fema, batch, self.step, self.gen)
             pred = self.ftrain(tg.x_t, tg.t, tg.d, tg.y)
+            extra = self.method.extra_loss(pred, tg, batch, self.step, self.gen)
         per_row = (pred.float() - tg.target.float()).pow(2).flatten(1).mean(1)
         loss = per_row.mean() if tg.weight is None else (per_row * tg.weight).mean()
+        for v in extra.values():
+            loss = loss + v.float()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world_size > 1 and self.method_params:  # DDP averages the model's gradients only
+            for p in self.method_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.opt.step()
@@ -136,6 +148,7 @@ class Trainer:
             if k.startswith("row_group/")
         }
         parts.update({k: v.detach().float() for k, v in tg.info.items() if not k.startswith("row_group/")})
+        parts.update({f"loss_{k}": v.detach().float() for k, v in extra.items()})
         return loss.detach(), parts
 
     @torch.no_grad()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from bench.errors import BenchError
 from methods.base import Batch, Method, MethodOptions, Targets
 from methods.consistency import ConsistencyDistillation, ConsistencyTraining
+from methods.diffusion import Diffusion
 from methods.flow_matching import FlowMatching
 from methods.meanflow import MeanFlow
+from methods.pd_variants import ClassifierDistillation, RelationalDistillation
 from methods.progressive import Progressive
 from methods.reflow import LiveReflow, Reflow
 from methods.shortcut import Shortcut
@@ -20,6 +22,9 @@ METHODS: dict[str, type[Method]] = {
     Reflow.name: Reflow,
     LiveReflow.name: LiveReflow,
     MeanFlow.name: MeanFlow,
+    Diffusion.name: Diffusion,
+    ClassifierDistillation.name: ClassifierDistillation,
+    RelationalDistillation.name: RelationalDistillation,
 }
 
 

@@ -119,11 +119,32 @@ class Method:
         return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 0}
 
     def state_dict(self) -> dict[str, Any]:
-        """Method state that a checkpoint must carry (stage, teacher copy, ...)."""
+        """Method state that a checkpoint must carry (stage, teacher copy, trainable_modules' weights, buffers, ...)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    # -- optional: data-dependent parts and an auxiliary loss (CFD, RDD) ------------------
+    def setup(self, data, device: torch.device) -> None:
+        """Check that the method can train on `data` (a bench.data.Dataset) and build what it owns
+        (a frozen classifier, trainable heads) on `device`; BenchError in one sentence if it cannot.
+        Called once the data are known, before any run is written; a second call changes nothing."""
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """Modules the method owns that the trainer optimises beside the model (e.g. RDD's head);
+        their weights and buffers travel in state_dict(), their optimiser state in the trainer's."""
+        return {}
+
+    def extra_loss(self, pred: Tensor, tg: Targets, batch: Batch, step: int,
+                   generator: torch.Generator) -> dict[str, Tensor]:
+        """Auxiliary losses on the regressed prediction pred = model(tg.x_t, tg.t, tg.d, tg.y)
+        (B, *shape), with gradients: name -> scalar, each added to the MSE. {} = none (the default)."""
+        return {}
+
+    def run_params(self) -> dict[str, Any]:
+        """Params a run records beside its config (e.g. which classifier, by its weights' hash)."""
+        return {}
 
     # -- sampling -------------------------------------------------------------------
     def sample_step(

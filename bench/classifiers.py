@@ -1,0 +1,135 @@
+"""Frozen image classifiers that methods distil through (CFD, RDD): logits, a pooled feature and a
+spatial map, with gradients flowing to the input. Never the network FID/FD is measured in.
+
+- digits: the second digits classifier (bench/digits_probe.py), shipped with the package;
+- other images: torchvision's ResNet-18 with its ImageNet weights from a local file
+  (method.classifier_weights, $BENCH_CLASSIFIER_WEIGHTS, or torch's hub cache under its usual name),
+  else downloaded into that cache where the machine is online (hash prefix checked).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.errors import BenchError
+
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
+RESNET18_URL = "https://download.pytorch.org/models/" + RESNET18_FILE
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ClassifierOutput:
+    """logits (B, K); h (B, C) pooled penultimate feature; m (B, C, H', W') spatial map (h = mean of m)."""
+
+    logits: Tensor
+    h: Tensor
+    m: Tensor
+
+
+class FrozenClassifier(nn.Module):
+    """Model-space images (B, C, H, W) in [-1, 1] -> ClassifierOutput. Eval mode, no parameter gradients."""
+
+    def __init__(self, name: str, sha256: str):
+        super().__init__()
+        self.name, self.sha256 = name, sha256
+
+    def freeze(self) -> "FrozenClassifier":
+        return self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "FrozenClassifier":
+        return super().train(False)  # stays in eval mode whatever the caller does
+
+
+class DigitsProbeClassifier(FrozenClassifier):
+    def __init__(self, path: Path | None = None):
+        from bench.checkpoint import state_hash
+        from bench.digits_probe import WEIGHTS_PATH, load_probe
+
+        net = load_probe(path or WEIGHTS_PATH)
+        super().__init__("digits-probe", state_hash(net.state_dict()))
+        self.net = net
+        self.freeze()
+
+    def forward(self, x: Tensor) -> ClassifierOutput:
+        return ClassifierOutput(*self.net.parts(x))
+
+
+class ResNet18Classifier(FrozenClassifier):
+    """ImageNet ResNet-18 on the images as they are (no resizing): layer4's map, its average, fc."""
+
+    def __init__(self, path: Path):
+        import torchvision
+
+        from bench.checkpoint import file_sha256
+
+        net = torchvision.models.resnet18()
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise BenchError(f"Classifier weights {path} are unreadable or not a torchvision ResNet-18 ({type(e).__name__}).") from None
+        super().__init__("resnet18", file_sha256(path))
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.freeze()
+
+    def forward(self, x: Tensor) -> ClassifierOutput:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        n = self.net
+        a = ((x[:, :3] + 1) / 2 - self.mean) / self.std
+        a = n.maxpool(n.relu(n.bn1(n.conv1(a))))
+        m = n.layer4(n.layer3(n.layer2(n.layer1(a))))
+        h = F.adaptive_avg_pool2d(m, 1).flatten(1)
+        return ClassifierOutput(n.fc(h), h, m)
+
+
+def find_resnet18_weights(configured: str) -> Path:
+    """The local ResNet-18 file: the configured path, $BENCH_CLASSIFIER_WEIGHTS, or torch's hub cache."""
+    candidates = [configured, os.environ.get("BENCH_CLASSIFIER_WEIGHTS", "")]
+    candidates.append(str(Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE))
+    for c in candidates:
+        if c and Path(c).expanduser().is_file():
+            return Path(c).expanduser()
+    if configured:
+        raise BenchError(f"Classifier weights {configured} do not exist.")
+    cached = Path(candidates[-1])
+    try:
+        download_resnet18(cached)
+        return cached
+    except Exception:
+        pass
+    raise BenchError(f"The classifier these methods distil through needs torchvision's ResNet-18 weights {RESNET18_FILE}, "
+                     f"which could not be downloaded; set method.classifier_weights or BENCH_CLASSIFIER_WEIGHTS to the file, "
+                     f"or place it in {cached.parent}.")
+
+
+def download_resnet18(dst: Path) -> None:
+    """Fetch the weights into torch's hub cache (where the machine is online), checking the hash prefix."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(RESNET18_URL, str(dst), hash_prefix=RESNET18_FILE.split("-")[1].split(".")[0], progress=False)
+
+
+def load_classifier_for(data, choice: str, weights: str, device: torch.device, who: str) -> FrozenClassifier:
+    """The frozen classifier for `data` (a bench.data.Dataset): choice auto | digits-probe | resnet18."""
+    from bench.latents import LatentDataset
+
+    if data.kind != "images":
+        raise BenchError(f"{who} distils through an image classifier, and {data.name} holds {data.kind}, not images.")
+    if isinstance(data, LatentDataset):
+        raise BenchError(f"{who} on latents would have to decode through the VAE with gradients, which is not "
+                         f"implemented; train it on images (digits, imagefolder:PATH).")
+    if choice == "auto":
+        choice = "digits-probe" if data.name == "digits" else "resnet18"
+    if choice == "digits-probe":
+        if tuple(data.shape) != (1, 8, 8):
+            raise BenchError(f"method.classifier = digits-probe classifies 1x8x8 digits; {data.name} has shape {tuple(data.shape)}.")
+        return DigitsProbeClassifier(Path(weights) if weights else None).to(device)
+    return ResNet18Classifier(find_resnet18_weights(weights)).to(device)

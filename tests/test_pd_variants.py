@@ -1,0 +1,294 @@
+"""CFD and RDD (methods/pd_variants.py): every loss against a hand computation on tiny tensors, zero
+when the student's image is the teacher's, gradients that reach the student (and RDD's head) but never
+the classifier, the per-pixel FIFO queue, kill-and-resume through the trainer, and the refusals."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bench.checkpoint import load, previous
+from bench.config import resolve
+from bench.data import TensorData
+from bench.errors import BenchError
+from methods.base import Batch
+from methods.pd_variants import (CFDOptions, ClassifierDistillation, PixelQueue, RDDOptions, RelationalDistillation,
+                                 dataset_term, feature_kl, memory_relation_kl, pair_relation_kl, pixel_embeddings)
+
+
+def softmax(xs):
+    e = [math.exp(x - max(xs)) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def test_feature_kl_by_hand():
+    h_t = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    h_s = torch.tensor([[0.5, 1.0, 1.0], [2.0, 0.0, 1.0]])
+    tau = 0.9
+    expected = sum(kl(softmax([v / tau for v in a]), softmax(b)) for a, b in zip(h_t.tolist(), h_s.tolist())) / 2
+    assert feature_kl(h_t, h_s, tau).item() == pytest.approx(expected, rel=1e-5)
+    assert feature_kl(h_s, h_s, 1.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_dataset_term_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 3.0]])
+    ps = [softmax(r) for r in logits.tolist()]
+    entropy = sum(-sum(p * math.log(p) for p in row) for row in ps) / 2
+    pbar = [(a + b) / 2 for a, b in zip(*ps)]
+    neg_batch_entropy = sum(p * math.log(p) for p in pbar)
+    assert dataset_term(logits, 0.75).item() == pytest.approx(0.75 * entropy + 0.25 * neg_batch_entropy, rel=1e-5)
+
+
+def test_pixel_embeddings_and_relation_kls_by_hand():
+    m = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]], [[[3.0, 1.0]], [[4.0, 1.0]]]])  # (B=2, C=2, H=1, W=2)
+    z = pixel_embeddings(m)  # (2, 2 pixels, 2)
+    torch.testing.assert_close(z[0, 1], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(z[1, 0], torch.tensor([0.6, 0.8]))
+    z_s = pixel_embeddings(m.flip(0) + 0.5)
+    zt, zs = z.tolist(), z_s.tolist()
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    tau = 0.5
+    total = 0.0
+    for b in range(2):
+        for i in range(2):
+            for b2 in range(2):
+                p = softmax([dot(zt[b][i], zt[b2][j]) / tau for j in range(2)])
+                q = softmax([dot(zs[b][i], zs[b2][j]) / tau for j in range(2)])
+                total += kl(p, q)
+    assert pair_relation_kl(z, z_s, tau).item() == pytest.approx(total / 8, rel=1e-5)
+    anchors = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    flat_t, flat_s = z.reshape(-1, 2), z_s.reshape(-1, 2)
+    rows = [kl(softmax([dot(a, c) / 0.1 for c in anchors.tolist()]), softmax([dot(b, c) / 0.1 for c in anchors.tolist()]))
+            for a, b in zip(flat_t.tolist(), flat_s.tolist())]
+    assert memory_relation_kl(flat_t, flat_s, anchors, 0.1).item() == pytest.approx(sum(rows) / 4, rel=1e-5)
+    assert pair_relation_kl(z, z, tau).item() == pytest.approx(0.0, abs=1e-7)
+    assert memory_relation_kl(flat_t, flat_t, anchors, 0.1).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_queue_is_fifo():
+    q = PixelQueue(5, 2, "cpu")
+    rows = torch.arange(16.0).reshape(8, 2)
+    q.push(rows[:3])
+    torch.testing.assert_close(q.contents(), rows[:3])
+    q.push(rows[3:7])  # 7 pushed into 5 places: the two oldest are gone
+    torch.testing.assert_close(q.contents(), rows[2:7])
+    q.push(rows[7:])
+    torch.testing.assert_close(q.contents(), rows[3:8])
+    state = q.state_dict()
+    q2 = PixelQueue(5, 2, "cpu")
+    q2.load_state_dict(state)
+    torch.testing.assert_close(q2.contents(), rows[3:8])
+    with pytest.raises(BenchError, match="queue has shape"):
+        PixelQueue(4, 2, "cpu").load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- on digits, tiny
+
+
+def digits():
+    from bench.data import load_digits
+    from bench.config import DataConfig
+
+    return load_digits(DataConfig())
+
+
+class TinyImageNet(nn.Module):
+    """f(x, t, d, y) on (B, 1, 8, 8) images: a linear map of the flattened image and t."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(65, 64)
+
+    def forward(self, x, t, d, y):
+        return self.lin(torch.cat([x.flatten(1), t[:, None]], 1)).reshape(x.shape)
+
+
+def make(cls, opts, data, teacher=None):
+    m = cls(opts, num_classes=10, teacher=teacher or TinyImageNet().requires_grad_(False), train_steps=3)
+    m.setup(data, torch.device("cpu"))
+    return m
+
+
+def stage_batch(data, B=8):
+    g = torch.Generator().manual_seed(0)
+    x1, y = data.get(torch.randint(len(data), (B,), generator=g))
+    return Batch(x1=x1, x0=torch.randn(x1.shape, generator=g), y=y, null_class=10), g
+
+
+def test_losses_vanish_when_the_student_image_is_the_teachers():
+    """pred = PD's target puts x1_S on x1_T: the feature KL (tau = 1) and both relational KLs (head = identity) are 0."""
+    data = digits()
+    opts = RDDOptions(M=2, loss_stages="1", feature_temperature=1.0, beta=0.0, queue_size=64, queue_update=16, num_anchors=32)
+    m = make(RelationalDistillation, opts, data)
+    m.head = nn.Identity()
+    batch, g = stage_batch(data)
+    for step in range(2):  # the second step has a memory to relate to
+        tg = m.targets(None, None, batch, 0, g)
+        losses = m.extra_loss(tg.target.clone(), tg, batch, 0, g)
+        assert set(losses) == {"feature_kl", "pair_kl"} | ({"memory_kl"} if step else set())
+        for v in losses.values():
+            assert abs(v.item()) < 1e-6
+    assert m.queue.count == 32
+
+
+def test_weights_and_stages():
+    data = digits()
+    m = make(ClassifierDistillation, CFDOptions(M=8, loss_stages="4", lambda_pd=0.25), data)
+    batch, g = stage_batch(data)
+    m.train_steps = 3  # stage of step s = s + 1: students of 4, 2, 1 steps
+    tg = m.targets(None, None, batch, 0, g)
+    torch.testing.assert_close(tg.weight, torch.full((8,), 0.25))
+    assert set(m.extra_loss(torch.zeros_like(tg.target), tg, batch, 0, g)) == {"feature_kl", "dataset"}
+    tg = m.targets(None, None, batch, 1, g)
+    assert tg.weight is None and m.extra_loss(torch.zeros_like(tg.target), tg, batch, 1, g) == {}
+    assert m.passes_per_step(96)["classifier_forward_rows"] == 32  # one stage of three
+    assert m.run_params()["classifier.name"] == "digits-probe"
+    from bench.digits_classifier import load_classifier
+    from bench.checkpoint import state_hash
+
+    assert m.run_params()["classifier.sha256"] != state_hash(load_classifier().state_dict())  # not the FID network
+    for bad in ("3", "8", "x", ""):
+        with pytest.raises(BenchError, match="loss_stages"):
+            CFDOptions(M=8, loss_stages=bad).validate()
+    assert CFDOptions(M=8, loss_stages="all").student_steps() == {4, 2, 1}
+
+
+@pytest.mark.parametrize("cls,opts", [(ClassifierDistillation, CFDOptions(M=2, loss_stages="1")),
+                                      (RelationalDistillation, RDDOptions(M=2, loss_stages="1", queue_size=64,
+                                                                          queue_update=16, num_anchors=32))])
+def test_gradients_reach_the_student_and_never_the_classifier(cls, opts):
+    """lambda_pd = 0: the MSE weighs nothing, so every gradient comes through the classifier."""
+    data = digits()
+    m = make(cls, opts, data)
+    student = TinyImageNet()
+    clf_before = copy.deepcopy(m.classifier.state_dict())
+    batch, g = stage_batch(data, B=16)
+    for _ in range(2):
+        tg = m.targets(None, None, batch, 0, g)
+        pred = student(tg.x_t, tg.t, tg.d, tg.y)
+        losses = m.extra_loss(pred, tg, batch, 0, g)
+        mse = ((pred - tg.target) ** 2).flatten(1).mean(1) * tg.weight
+        student.zero_grad()
+        (mse.mean() + sum(losses.values())).backward()
+        assert student.lin.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in m.classifier.parameters())
+    assert not m.classifier.training
+    assert all(torch.equal(v, clf_before[k]) for k, v in m.classifier.state_dict().items())
+    if cls is RelationalDistillation:
+        assert "memory_kl" in losses and all(p.grad is not None for p in m.head.parameters())
+
+
+def test_queue_holds_whole_teacher_pixel_embeddings():
+    data = digits()
+    m = make(RelationalDistillation, RDDOptions(M=2, loss_stages="1", queue_size=40, queue_update=24, num_anchors=8), data)
+    batch, g = stage_batch(data, B=4)
+    tg = m.targets(None, None, batch, 0, g)
+    m.extra_loss(torch.zeros_like(tg.target), tg, batch, 0, g)
+    with torch.no_grad():
+        x1_t = tg.x_t + (1 - tg.t).reshape(-1, 1, 1, 1) * tg.target
+        z = pixel_embeddings(m.classifier(x1_t).m).reshape(-1, m.queue.data.shape[1])  # (4 * 16 pixels, C)
+    stored = m.queue.contents()
+    assert stored.shape[0] == 24
+    dist = (stored[:, None] - z[None]).norm(dim=-1)
+    assert torch.all(dist.min(1).values < 1e-5)  # every entry is one pixel's embedding
+    assert len(set(dist.argmin(1).tolist())) == 24  # 24 distinct pixels
+
+
+def rdd_trainer(cfg, teacher, ckpt_path=None):
+    from bench.run import prepare
+    from bench.trainer import Trainer
+
+    p = prepare(cfg, progress=False)
+    p.method.teacher = teacher
+    p.model.load_state_dict(teacher.state_dict())
+    return Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path, progress=False)
+
+
+def test_rdd_head_and_queue_survive_kill_and_resume(tmp_path):
+    """6 steps straight against 3 steps, a checkpoint, a fresh process's trainer and 3 more: equal weights,
+    head (BN statistics included), optimiser and queue."""
+    from bench.models import build_model
+
+    over = ["train.steps=6", "train.batch_size=16", "model.hidden=32", "model.depth=2", "method.M=4", "loss_stages=all",
+            "queue_size=100", "queue_update=40", "num_anchors=64", "train.checkpoint_every=3", "train.log_every=3"]
+    cfg = resolve("rdd", "digits", over)
+    torch.manual_seed(5)
+    teacher = build_model(cfg.model, (1, 8, 8), 10).requires_grad_(False).eval()
+    straight = rdd_trainer(cfg, teacher, tmp_path / "a" / "last.pt")
+    straight.fit()
+    assert straight.method.queue.count == 100 and straight.method.queue.ptr == (6 * 40) % 100
+    assert len(straight.opt.param_groups) == 2  # the head trains beside the model
+
+    resumed = rdd_trainer(cfg, teacher)
+    resumed.load_state_dict(load(previous(tmp_path / "a" / "last.pt")))  # the step-3 checkpoint
+    assert resumed.step == 3
+    resumed.fit()
+    for a, b in ((straight.model, resumed.model), (straight.method.head, resumed.method.head)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    torch.testing.assert_close(straight.method.queue.contents(), resumed.method.queue.contents(), rtol=0, atol=0)
+    head = straight.method.head.state_dict()  # used from step 2 on (step 1: the queue is still empty)
+    assert head["1.num_batches_tracked"] == 5 and not torch.equal(head["0.weight"], load(
+        previous(tmp_path / "a" / "last.pt"))["method"]["head"]["0.weight"])
+
+
+def test_refusals_in_one_sentence(monkeypatch, tmp_path):
+    from bench.classifiers import load_classifier_for
+    from bench.latents import LatentDataset
+    from bench.run import execute
+
+    for name in ("cfd", "rdd"):
+        with pytest.raises(BenchError, match="holds points, not images"):
+            execute(resolve(name, "smoke", ["train.steps=2"]), "t", progress=False, echo=lambda *a: None)
+    from bench.tracking import store_root
+
+    assert not (store_root() / "mlflow.db").exists()  # refused before anything was written
+    latents = LatentDataset.__new__(LatentDataset)
+    latents.name, latents.shape = "latents:/x", (4, 32, 32)
+    with pytest.raises(BenchError, match="decode through the VAE"):
+        load_classifier_for(latents, "auto", "", torch.device("cpu"), "cfd")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("BENCH_CLASSIFIER_WEIGHTS", raising=False)
+    tried = []
+
+    def offline(dst):
+        tried.append(dst)
+        raise OSError("offline")
+
+    monkeypatch.setattr("bench.classifiers.download_resnet18", offline)
+    images = TensorData("npz:/x.npz", "images", torch.zeros(4, 3, 8, 8), None, 0)
+    with pytest.raises(BenchError, match="ResNet-18 weights resnet18-f37072fd.pth, which could not be downloaded"):
+        load_classifier_for(images, "auto", "", torch.device("cpu"), "cfd")
+    assert tried == [tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"]
+    with pytest.raises(BenchError, match="/no/such.pth do not exist"):
+        load_classifier_for(images, "resnet18", "/no/such.pth", torch.device("cpu"), "cfd")
+    with pytest.raises(BenchError, match="classifies 1x8x8 digits"):
+        load_classifier_for(images, "digits-probe", "", torch.device("cpu"), "cfd")
+
+
+def test_resnet18_from_a_local_file(tmp_path, monkeypatch):
+    import torchvision
+
+    from bench.checkpoint import file_sha256
+    from bench.classifiers import load_classifier_for
+
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    monkeypatch.setenv("BENCH_CLASSIFIER_WEIGHTS", str(path))
+    images = TensorData("npz:/x.npz", "images", torch.zeros(4, 3, 16, 16), None, 0)
+    clf = load_classifier_for(images, "auto", "", torch.device("cpu"), "cfd")
+    assert clf.name == "resnet18" and clf.sha256 == file_sha256(path)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    out = clf(x)
+    assert out.logits.shape == (2, 1000) and out.h.shape == (2, 512) and out.m.shape == (2, 512, 1, 1)
+    out.h.sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in clf.parameters())
