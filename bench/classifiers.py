@@ -67,11 +67,12 @@ class ResNet18Classifier(FrozenClassifier):
     def __init__(self, path: Path):
         import torchvision
 
-        from bench.checkpoint import file_sha256
+        from bench.checkpoint import file_sha256, load
 
         net = torchvision.models.resnet18()
+        state = load(path)  # weights_only: a file carrying a pickle payload is refused unexecuted
         try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            net.load_state_dict(state)
         except Exception as e:
             raise BenchError(f"Classifier weights {path} are unreadable or not a torchvision ResNet-18 ({type(e).__name__}).") from None
         super().__init__("resnet18", file_sha256(path))

@@ -165,7 +165,6 @@ def run_params(p: Prepared) -> dict[str, Any]:
         "budget.train_steps": p.cfg.train.steps,
         "budget.train_examples": p.cfg.train.steps * p.cfg.train.batch_size,
         **{f"budget.{k}_per_step": v for k, v in passes.items()},
-        **p.method.run_params(),
         "eval.sampling_steps": ",".join(map(str, p.cfg.sampling_steps())),
     }
 

@@ -103,10 +103,6 @@ class Method:
         """The weights evaluation samples with: "ema" (the default) or "live" (the trained model itself)."""
         return "ema"
 
-    def run_params(self, batch_size: int) -> dict[str, Any]:
-        """Derived values worth logging beside the resolved config (batch_size: rows per process and step)."""
-        return {}
-
     # -- training -------------------------------------------------------------------
     def targets(self, model: nn.Module, ema: nn.Module, batch: Batch, step: int, generator: torch.Generator) -> Targets:
         raise NotImplementedError
@@ -142,8 +138,9 @@ class Method:
         (B, *shape), with gradients: name -> scalar, each added to the MSE. {} = none (the default)."""
         return {}
 
-    def run_params(self) -> dict[str, Any]:
-        """Params a run records beside its config (e.g. which classifier, by its weights' hash)."""
+    def run_params(self, batch_size: int) -> dict[str, Any]:
+        """Params a run records beside its resolved config: derived values (the shortcut's level shares at
+        batch_size, the rows per process and step) and what the method loaded (a classifier, by its hash)."""
         return {}
 
     # -- sampling -------------------------------------------------------------------

@@ -186,7 +186,7 @@ class ClassifierDistillation(Progressive):
 
             self.classifier = load_classifier_for(data, self.opts.classifier, self.opts.classifier_weights, device, self.name)
 
-    def run_params(self) -> dict[str, Any]:
+    def run_params(self, batch_size: int) -> dict[str, Any]:
         if self.classifier is None:
             return {}
         return {"classifier.name": self.classifier.name, "classifier.sha256": self.classifier.sha256}

@@ -150,11 +150,11 @@ def test_weights_and_stages():
     tg = m.targets(None, None, batch, 1, g)
     assert tg.weight is None and m.extra_loss(torch.zeros_like(tg.target), tg, batch, 1, g) == {}
     assert m.passes_per_step(96)["classifier_forward_rows"] == 32  # one stage of three
-    assert m.run_params()["classifier.name"] == "digits-probe"
+    assert m.run_params(256)["classifier.name"] == "digits-probe"
     from bench.digits_classifier import load_classifier
     from bench.checkpoint import state_hash
 
-    assert m.run_params()["classifier.sha256"] != state_hash(load_classifier().state_dict())  # not the FID network
+    assert m.run_params(256)["classifier.sha256"] != state_hash(load_classifier().state_dict())  # not the FID network
     for bad in ("3", "8", "x", ""):
         with pytest.raises(BenchError, match="loss_stages"):
             CFDOptions(M=8, loss_stages=bad).validate()
