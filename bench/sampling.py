@@ -61,6 +61,10 @@ class EvalModel(nn.Module):
         self.compiled = compile
         # dynamic=False: one graph per row count (batch, and 2 x batch under CFG); the caller pads to keep it fixed
         self.fn = torch.compile(model, dynamic=False, mode=compile_mode) if compile else model
+        if compile:  # every shape of every model of the class counts against one limit (training's graphs too)
+            import torch._dynamo.config as dynamo
+
+            dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         # CUDA graphs reuse their output buffers on the next replay: the sampler keeps outputs across calls
         self.clone = compile and compile_mode == "reduce-overhead" and device.type == "cuda"
 
