@@ -64,7 +64,8 @@ class EvalModel(nn.Module):
         if compile:  # every shape of every model of the class counts against one limit (training's graphs too)
             import torch._dynamo.config as dynamo
 
-            dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+            name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # older torch
+            setattr(dynamo, name, max(getattr(dynamo, name), 64))
         # CUDA graphs reuse their output buffers on the next replay: the sampler keeps outputs across calls
         self.clone = compile and compile_mode == "reduce-overhead" and device.type == "cuda"
 
