@@ -63,11 +63,15 @@ class EvalEstimate:
     distance_seconds: float = 0.0  # per n: FID / KID / precision-recall (or FD / SW) on N samples against the reference
     warmup_seconds: float = 0.0  # one-off: the first batch's extra time (compilation, lazy loading)
     precision: str = "fp32"
+    output_seconds: float = 0.0  # per n: writing the samples and the picture (what a run logs as artifacts)
+    step_seconds: dict[int, float] | None = None  # one batch, one step of the n-step schedule (CFG may apply at some n only)
 
     @property
     def seconds(self) -> float:
         batches = -(-self.num_samples // self.batch_size)
-        per_n = sum(batches * (self.feature_seconds + n * self.sample_seconds) + self.distance_seconds for n in self.steps)
+        step = self.step_seconds or {}
+        per_n = sum(batches * (self.feature_seconds + n * step.get(n, self.sample_seconds)) + self.distance_seconds
+                    + self.output_seconds for n in self.steps)
         return self.reference_seconds + self.warmup_seconds + per_n
 
     def text(self) -> str:
@@ -75,6 +79,7 @@ class EvalEstimate:
         when = f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
         ref = f", reference features {self.reference_seconds:.3g} s" if self.reference_seconds else ""
         dist = f", distances {self.distance_seconds:.3g} s per n" if self.distance_seconds else ""
+        dist += f", samples + picture {self.output_seconds:.3g} s per n" if self.output_seconds else ""
         warm = f", warm-up {self.warmup_seconds:.3g} s" if self.warmup_seconds else ""
         return (f"evaluation estimate: ~{when} for {self.num_samples:,} samples at each n = {','.join(map(str, self.steps))} "
                 f"on {self.device}, {self.precision} (one batch of {self.batch_size}: {self.sample_seconds:.3g} s per sampling step, "
@@ -173,8 +178,9 @@ class Evaluator:
     @torch.no_grad()
     def estimate(self, method: Method, model: nn.Module, steps: list[int]) -> "EvalEstimate":
         """Time one batch at n = 1 (sampling, then decoding + features) through the evaluation's own
-        pipeline after a warm-up (its extra time counted once), and the distances once at the real
-        sizes; extrapolate: per n, ceil(N / batch) x (features + n x one-step sampling) + distances.
+        pipeline after a warm-up (its extra time counted once), one step of every other n's schedule,
+        the distances once at the real sizes and one n's output files; extrapolate: per n,
+        ceil(N / batch) x (features + n x that n's step) + distances + output.
         The reference features are computed here (and kept) when they are not cached yet."""
         ec = self.cfg.eval
         b = min(ec.batch_size, ec.num_samples)
@@ -189,6 +195,7 @@ class Evaluator:
         first_s = _timed(lambda: self.features(self.images(sample(method, em, x0, y, 1, g))) if images
                          else sample(method, em, x0, y, 1, g), self.device)[0]
         sample_s, x = _timed(lambda: sample(method, em, x0, y, 1, g), self.device)
+        step_s = {n: _timed(lambda: method.sample_step(em, x0, 0.0, n, y, g), self.device)[0] for n in steps if n != 1}
         features_s = _timed(lambda: self.features(self.images(x)), self.device)[0] if images else 0.0
         model.train(was_training)
         cached = not images or self._ref_feats is not None or (self.cache_dir / self.cache_name()).is_file()
@@ -202,8 +209,26 @@ class Evaluator:
         self._distances(fake_t[:50], ref[:50])  # first calls import torch-fidelity / scipy: seconds that are not per n
         distance_s = _timed(lambda: self._distances(fake_t, ref), self.device)[0]
         warmup_s = max(first_s - sample_s - features_s, 0.0)
+        output_s = self._time_output(x, y, ref)
         return EvalEstimate(ec.num_samples, b, list(steps), sample_s, features_s, reference_s, str(self.device),
-                            distance_s, warmup_s, self.precision)
+                            distance_s, warmup_s, self.precision, output_s, {1: sample_s, **step_s})
+
+    def _time_output(self, x: Tensor, y: Tensor, ref: np.ndarray) -> float:
+        """Seconds to write one n's samples file and picture (after a warm-up call: matplotlib's import)."""
+        import tempfile
+
+        keep = min(self.cfg.eval.save_samples, self.cfg.eval.num_samples)
+        reps = -(-keep // len(x))  # the timed batch stands in for the kept samples
+        samples = x.float().cpu().numpy()
+        r = EvalResult(1, {}, np.concatenate([samples] * reps)[:keep], None, 0.0)
+        pts = ref if self.data.kind == "points" else None
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            save_picture(r, self.data, out / "warm.png", pts)
+            t0 = time.perf_counter()
+            save_samples(r, out / "steps.npz")
+            save_picture(r, self.data, out / "steps.png", pts)
+            return time.perf_counter() - t0
 
     # -- one n ----------------------------------------------------------------------
     @torch.no_grad()
