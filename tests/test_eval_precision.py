@@ -124,3 +124,39 @@ def test_bf16_evaluation_is_recorded_and_close_to_fp32(tmp_path):
         fids[precision] = p.evaluator.evaluate(p.method, model, 2).metrics["fid"]
     assert fids["bf16"] != fids["fp32"]
     assert fids["bf16"] == pytest.approx(fids["fp32"], rel=0.02)
+
+
+def test_train_compile_mode_reduce_overhead_clones_outputs(monkeypatch):
+    """train.compile_mode = reduce-overhead (CUDA graphs reuse one output buffer per graph): the compiled
+    views hand back copies, so a method may keep one output across the next call. torch.compile is
+    replaced by a module that, like a CUDA graph, writes every output into the same buffer."""
+    from bench.trainer import Trainer, _CloneOutput
+
+    class ReusedBuffer(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.buf = model, None
+
+        def forward(self, *args):
+            out = self.model(*args).detach()
+            if self.buf is None or self.buf.shape != out.shape:
+                self.buf = torch.empty_like(out)
+            return self.buf.copy_(out)
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: modes.append(kw.get("mode")) or ReusedBuffer(model))
+    cfg = resolve("shortcut", "smoke", ["train.compile=true", "train.compile_mode=reduce-overhead", "train.batch_size=32"])
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    tr = Trainer(cfg, get_method("shortcut")(cfg.method, data.num_classes), build_model(cfg.model, data.shape, 0),
+                 data, torch.device("cpu"), progress=False)
+    assert modes == ["reduce-overhead", "reduce-overhead"] and isinstance(tr.fema, _CloneOutput)
+    t, y = torch.rand(4), torch.zeros(4, dtype=torch.long)
+    x1, x2 = torch.randn(4, 2), torch.randn(4, 2)
+    with torch.no_grad():
+        first = tr.fema(x1, t, t, y)
+        tr.fema(x2, t, t, y)  # the buffer now holds the second output
+        assert torch.equal(first, tr.ema(x1, t, t, y))  # the first is intact
+        raw = tr.fema.fn(x1, t, t, y)
+        tr.fema.fn(x2, t, t, y)
+        assert not torch.equal(raw, tr.ema(x1, t, t, y))  # without the copy it would not be
