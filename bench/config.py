@@ -58,6 +58,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations during training (0: only at the end)
     precision: str = "fp32"  # "fp32" or "bf16" (autocast, CUDA only)
     compile: bool = False  # torch.compile the model (CUDA)
+    compile_mode: str = "default"  # torch.compile mode: "reduce-overhead" adds CUDA graphs (small, launch-bound models)
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch CPU threads (0: torch's default)
     workers: int = 1  # data-parallel processes (Ray Train TorchTrainer when > 1); batch_size stays the global batch
@@ -75,7 +76,12 @@ class EvalConfig:
     kid: bool = True  # KID (images)
     prc: bool = True  # precision / recall (images)
     save_samples: int = 10_000  # first samples per n stored as samples/steps_{n}.npz
+    precision: str = "auto"  # sampling (and VAE decoding): auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32 (TF32 matmuls on CUDA)
+    compile: bool = False  # torch.compile the sampler's model calls once for a fixed batch shape (the last batch is padded)
+    compile_mode: str = "default"  # as train.compile_mode; "reduce-overhead" (CUDA graphs) pays for small models
 
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
@@ -365,6 +371,11 @@ def validate(cfg: Config) -> None:
         raise BenchError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}.")
     if cfg.train.precision not in ("fp32", "bf16"):
         raise BenchError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}.")
+    for key, mode in (("train", cfg.train.compile_mode), ("eval", cfg.eval.compile_mode)):
+        if mode not in COMPILE_MODES:
+            raise BenchError(f"{key}.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}.")
+    if cfg.eval.precision not in ("auto", "bf16", "fp32"):
+        raise BenchError(f"eval.precision must be auto, bf16 or fp32, got {cfg.eval.precision!r}.")
     if cfg.model.arch not in ("mlp", "dit"):
         raise BenchError(f"model.arch must be mlp or dit, got {cfg.model.arch!r}.")
     if not cfg.model.d_scale > 0:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from bench import metrics as M
 from bench.checkpoint import atomic_write
 from bench.config import Config
 from bench.data import Dataset
 from bench.errors import BenchError
-from bench.sampling import NFECounter, draw_labels, generate, sample
+from bench.sampling import EvalModel, NFECounter, draw_labels, generate, precision_context, resolve_precision, sample
 from methods.base import Method
 
 EVAL_SEED_OFFSET = 10_007
@@ -49,7 +49,9 @@ def _timed(fn, device: torch.device):
 
 @dataclass
 class EvalEstimate:
-    """The expected duration of evaluating `steps` from one timed batch of `batch_size` at n = 1."""
+    """The expected duration of evaluating `steps`, from one timed batch of `batch_size` at n = 1
+    through the evaluation's own pipeline (precision, compile, decoding, features) and one timed
+    computation of the distances at the real sizes."""
 
     num_samples: int
     batch_size: int
@@ -58,31 +60,45 @@ class EvalEstimate:
     feature_seconds: float  # one batch: decoding (latents) + feature extraction
     reference_seconds: float  # features of the reference set when they are not cached yet (file reading excluded)
     device: str
+    distance_seconds: float = 0.0  # per n: FID / KID / precision-recall (or FD / SW) on N samples against the reference
+    warmup_seconds: float = 0.0  # one-off: the first batch's extra time (compilation, lazy loading)
+    precision: str = "fp32"
+    output_seconds: float = 0.0  # per n: writing the samples and the picture (what a run logs as artifacts)
+    step_seconds: dict[int, float] | None = None  # one batch, one step of the n-step schedule (CFG may apply at some n only)
 
     @property
     def seconds(self) -> float:
         batches = -(-self.num_samples // self.batch_size)
-        return self.reference_seconds + batches * sum(self.feature_seconds + n * self.sample_seconds for n in self.steps)
+        step = self.step_seconds or {}
+        per_n = sum(batches * (self.feature_seconds + n * step.get(n, self.sample_seconds)) + self.distance_seconds
+                    + self.output_seconds for n in self.steps)
+        return self.reference_seconds + self.warmup_seconds + per_n
 
     def text(self) -> str:
         s = self.seconds
         when = f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
         ref = f", reference features {self.reference_seconds:.3g} s" if self.reference_seconds else ""
+        dist = f", distances {self.distance_seconds:.3g} s per n" if self.distance_seconds else ""
+        dist += f", samples + picture {self.output_seconds:.3g} s per n" if self.output_seconds else ""
+        warm = f", warm-up {self.warmup_seconds:.3g} s" if self.warmup_seconds else ""
         return (f"evaluation estimate: ~{when} for {self.num_samples:,} samples at each n = {','.join(map(str, self.steps))} "
-                f"on {self.device} (one batch of {self.batch_size}: {self.sample_seconds:.3g} s per sampling step, "
-                f"{self.feature_seconds:.3g} s decoding + features{ref})")
+                f"on {self.device}, {self.precision} (one batch of {self.batch_size}: {self.sample_seconds:.3g} s per sampling step, "
+                f"{self.feature_seconds:.3g} s decoding + features{dist}{ref}{warm})")
 
 
 class Evaluator:
     def __init__(self, cfg: Config, data: Dataset, device: torch.device, cache_dir: Path, progress: bool = True):
         self.cfg, self.data, self.device = cfg, data, device
         self.reference = data.reference()
-        self.space = M.FeatureSpace.resolve(cfg.eval.features, data.kind, data.name, cfg.eval.inception_weights)
+        self.space = M.FeatureSpace.resolve(cfg.eval.features, data.kind, data.name, cfg.eval.inception_weights,
+                                            progress=progress)
         self.cache_dir = Path(cache_dir)
         self.seed = cfg.seed + EVAL_SEED_OFFSET
         self.progress = progress
+        self.precision = resolve_precision(cfg.eval.precision, device)
         self._ref_feats: np.ndarray | None = None
         self._extractor = None
+        self._eval_model: tuple[nn.Module, EvalModel] | None = None
 
     def params(self) -> dict[str, object]:
         """What every number depends on; logged as run params."""
@@ -96,6 +112,8 @@ class Evaluator:
             "eval.sample_decoder": getattr(self.data, "decoder_name", "none"),  # latents: the VAE that decodes samples
             "eval.seed": self.seed,
             "eval.weights": "ema",
+            "eval.sampling_precision": self.precision,  # what eval.precision resolved to on this device
+            "eval.feature_precision": "fp32",
             "eval.mode_hit_rule": "a mode is hit when it holds >= 10% of a fair share N/K" if self.data.modes else "n/a",
         }
 
@@ -139,31 +157,78 @@ class Evaluator:
             self._extractor = self.space.create(self.device)
         return self._extractor
 
+    def eval_model(self, model: nn.Module) -> EvalModel:
+        """`model` in eval.precision, compiled once when eval.compile (kept for the next n)."""
+        if self._eval_model is None or self._eval_model[0] is not model:
+            ec = self.cfg.eval
+            self._eval_model = (model, EvalModel(model, self.precision, self.device, ec.compile, ec.compile_mode))
+        return self._eval_model[1]
+
+    def images(self, x: Tensor) -> Tensor:
+        """Model-space samples -> uint8 images on the device (latents: VAE decoding in the sampling precision)."""
+        with precision_context(self.precision, self.device):
+            return self.data.to_uint8(x).to(self.device)
+
+    def features(self, images: Tensor) -> Tensor:
+        """uint8 images -> (B, D) features on the device, in the extractor's own (fp32) precision."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self.extractor()(images)[0]
+
     # -- how long -------------------------------------------------------------------
     @torch.no_grad()
     def estimate(self, method: Method, model: nn.Module, steps: list[int]) -> "EvalEstimate":
-        """Time one batch at n = 1 (sampling, then decoding + features) after a warm-up and
-        extrapolate: per n, ceil(N / batch) x (features + n x one-step sampling)."""
+        """Time one batch at n = 1 (sampling, then decoding + features) through the evaluation's own
+        pipeline after a warm-up (its extra time counted once), one step of every other n's schedule,
+        the distances once at the real sizes and one n's output files; extrapolate: per n,
+        ceil(N / batch) x (features + n x that n's step) + distances + output.
+        The reference features are computed here (and kept) when they are not cached yet."""
         ec = self.cfg.eval
         b = min(ec.batch_size, ec.num_samples)
         was_training = model.training
         model.eval()
+        em = self.eval_model(model)
         g = torch.Generator(self.device).manual_seed(self.seed)
         x0 = torch.randn(b, *self.data.shape, generator=g, device=self.device)
         y = draw_labels(b, self.data.num_classes, self.data.label_probs(), g, self.device)
-        fe = self.extractor() if self.space.extractor is not None else None
+        images = self.space.extractor is not None
 
-        def one_batch():
-            x = sample(method, model, x0, y, 1, g)
-            return fe(self.data.to_uint8(x).to(self.device)) if fe is not None else x
-
-        one_batch()  # warm-up: kernels, caches, lazily loaded decoders
-        sample_s, x = _timed(lambda: sample(method, model, x0, y, 1, g), self.device)
-        features_s = _timed(lambda: fe(self.data.to_uint8(x).to(self.device)), self.device)[0] if fe is not None else 0.0
+        first_s = _timed(lambda: self.features(self.images(sample(method, em, x0, y, 1, g))) if images
+                         else sample(method, em, x0, y, 1, g), self.device)[0]
+        sample_s, x = _timed(lambda: sample(method, em, x0, y, 1, g), self.device)
+        step_s = {n: _timed(lambda: method.sample_step(em, x0, 0.0, n, y, g), self.device)[0] for n in steps if n != 1}
+        features_s = _timed(lambda: self.features(self.images(x)), self.device)[0] if images else 0.0
         model.train(was_training)
-        cached = fe is None or (self.cache_dir / self.cache_name()).is_file()
-        reference_s = 0.0 if cached else -(-len(self.reference) // b) * features_s
-        return EvalEstimate(ec.num_samples, b, list(steps), sample_s, features_s, reference_s, str(self.device))
+        cached = not images or self._ref_feats is not None or (self.cache_dir / self.cache_name()).is_file()
+        reference_s, ref = _timed(self.reference_features, self.device)
+        if cached:
+            reference_s = 0.0
+        # the distances at the real sizes: N rows drawn from the reference's features stand in for the samples
+        fake = ref[np.random.default_rng(0).integers(0, len(ref), ec.num_samples)]
+        fake = fake + 1e-3 * np.random.default_rng(1).standard_normal(fake.shape) * (ref.std() + 1e-12)
+        fake_t = torch.from_numpy(fake).float().to(self.device)
+        self._distances(fake_t[:50], ref[:50])  # first calls import torch-fidelity / scipy: seconds that are not per n
+        distance_s = _timed(lambda: self._distances(fake_t, ref), self.device)[0]
+        warmup_s = max(first_s - sample_s - features_s, 0.0)
+        output_s = self._time_output(x, y, ref)
+        return EvalEstimate(ec.num_samples, b, list(steps), sample_s, features_s, reference_s, str(self.device),
+                            distance_s, warmup_s, self.precision, output_s, {1: sample_s, **step_s})
+
+    def _time_output(self, x: Tensor, y: Tensor, ref: np.ndarray) -> float:
+        """Seconds to write one n's samples file and picture (after a warm-up call: matplotlib's import)."""
+        import tempfile
+
+        keep = min(self.cfg.eval.save_samples, self.cfg.eval.num_samples)
+        reps = -(-keep // len(x))  # the timed batch stands in for the kept samples
+        samples = x.float().cpu().numpy()
+        r = EvalResult(1, {}, np.concatenate([samples] * reps)[:keep], None, 0.0)
+        pts = ref if self.data.kind == "points" else None
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            save_picture(r, self.data, out / "warm.png", pts)
+            t0 = time.perf_counter()
+            save_samples(r, out / "steps.npz")
+            save_picture(r, self.data, out / "steps.png", pts)
+            return time.perf_counter() - t0
 
     # -- one n ----------------------------------------------------------------------
     @torch.no_grad()
@@ -172,67 +237,58 @@ class Evaluator:
         n, N = num_sampling_steps, ec.num_samples
         was_training = model.training
         model.eval()
-        counter = NFECounter(model)
+        em = self.eval_model(model)
+        counter = NFECounter(em)
         t0 = time.perf_counter()
-        if self.space.extractor is None:
-            feats, samples, labels = self._generate_points(method, counter, n)
-        else:
-            feats, samples, labels = self._generate_images(method, counter, n)
+        feats, samples, labels = self._generate(method, counter, n, pad=em.compiled)
         ref = self.reference_features()
         out = self._distances(feats, ref)
-        out["nfe"] = counter.rows / N
+        sampled_rows = -(-N // ec.batch_size) * ec.batch_size if em.compiled else N  # padded rows are sampled too
+        out["nfe"] = counter.rows / sampled_rows
         if self.data.modes is not None:
             out.update(M.mode_coverage(torch.from_numpy(samples[:N]).float(), self.data.modes.assign, self.data.modes.count))
         model.train(was_training)
         return EvalResult(n, out, samples, labels, time.perf_counter() - t0)
 
-    def _generate_points(self, method, model, n):
-        ec = self.cfg.eval
-        xs, ys = [], []
-        for x, y in generate(method, model, self.data.shape, self.data.num_classes, self.data.label_probs(),
-                             ec.num_samples, ec.batch_size, n, self.seed, self.device):
-            xs.append(x.float().cpu())
-            ys.append(y.cpu())
-        x = torch.cat(xs)
-        if not torch.isfinite(x).all():
-            raise BenchError(f"Sampling with {n} steps produced non-finite values.")
-        y = torch.cat(ys).numpy() if self.data.num_classes else None
-        return x.reshape(len(x), -1).double().numpy(), x.numpy(), y
-
-    def _generate_images(self, method, model, n):
-        from torch_fidelity.utils import get_featuresdict_from_generative_model
+    def _generate(self, method, model, n, pad: bool = False) -> tuple[Tensor, np.ndarray, np.ndarray | None]:
+        """One streamed pass on the device: noise -> sampler -> (decoding -> uint8 -> features) per batch.
+        Returns (N, D) float32 features on the device (the samples' coordinates for points), the first
+        samples (all of them for points) and their labels on the host. One host sync, at the end."""
         from tqdm import tqdm
 
         ec = self.cfg.eval
-        g = torch.Generator(self.device).manual_seed(self.seed)
-        keep, kept_x, kept_y = ec.save_samples, [], []
-        bar = tqdm(total=ec.num_samples, desc=f"sample+features n={n}", unit="img", disable=not self.progress, leave=False)
-
-        def produce(x0):
-            x0 = x0.to(self.device)
-            y = draw_labels(len(x0), self.data.num_classes, self.data.label_probs(), g, self.device)
-            x = sample(method, model, x0, y, n, g)
-            if not torch.isfinite(x).all():
-                raise BenchError(f"Sampling with {n} steps produced non-finite values.")
-            have = sum(len(k) for k in kept_x)
+        N, images = ec.num_samples, self.space.extractor is not None
+        keep = min(ec.save_samples, N) if images else N
+        feats, kept_x, kept_y, have = [], [], [], 0
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        bar = tqdm(total=N, desc=f"sample{'+features' if images else ''} n={n}", unit="img" if images else "pt",
+                   disable=not self.progress, leave=False)
+        for x, y in generate(method, model, self.data.shape, self.data.num_classes, self.data.label_probs(),
+                             N, ec.batch_size, n, self.seed, self.device, pad=pad):
+            bad |= ~torch.isfinite(x).all()
             if have < keep:
-                kept_x.append(x[: keep - have].float().cpu())
-                kept_y.append(y[: keep - have].cpu())
-            bar.update(len(x0))
-            return self.data.to_uint8(x).to(self.device)
-
-        gen_input = M.make_generator_input(produce, self.data.shape, ec.num_samples)
-        fd = get_featuresdict_from_generative_model(gen_input, self.extractor(), ec.num_samples, ec.batch_size,
-                                                   self.device.type == "cuda", self.seed, verbose=False)
+                kept_x.append(x[: keep - have].float())
+                kept_y.append(y[: keep - have])
+                have += len(kept_x[-1])
+            feats.append(self.features(self.images(x)) if images else x.float().reshape(len(x), -1))
+            bar.update(len(x))
         bar.close()
-        feats = next(iter(fd.values())).double().numpy()
-        samples = torch.cat(kept_x).numpy() if kept_x else np.zeros((0, *self.data.shape), np.float32)
-        labels = torch.cat(kept_y).numpy() if (kept_y and self.data.num_classes) else None
-        return feats, samples, labels
+        if bad.item():
+            raise BenchError(f"Sampling with {n} steps produced non-finite values.")
+        samples = torch.cat(kept_x).cpu().numpy() if kept_x else np.zeros((0, *self.data.shape), np.float32)
+        labels = torch.cat(kept_y).cpu().numpy() if (kept_y and self.data.num_classes) else None
+        return torch.cat(feats), samples, labels
 
-    def _distances(self, feats: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    def _generate_images(self, method, model, n, pad: bool = False):
+        """Images: (N, D) features on the host (float64), the first samples and labels."""
+        feats, samples, labels = self._generate(method, model, n, pad)
+        return feats.double().cpu().numpy(), samples, labels
+
+    def _distances(self, feats_device: Tensor, ref: np.ndarray) -> dict[str, float]:
+        """feats_device: (N, D) features on the device; ref: (N_ref, D) float64 on the host."""
         ec = self.cfg.eval
         out: dict[str, float] = {}
+        feats = feats_device.double().cpu().numpy()  # the one transfer of the samples' features
         if self.space.extractor is None:
             out["fid"] = M.frechet_distance(feats, ref)
             out["sw"] = M.sliced_wasserstein(feats, ref, seed=self.seed)
@@ -257,7 +313,8 @@ class Evaluator:
         if ec.prc:
             from torch_fidelity.metric_prc import prc_features_to_metric
 
-            p = prc_features_to_metric(ft.float(), rt.float(), save_cpu_ram=True, verbose=False)
+            # pairwise distances on the device (torch.cdist): N x N_ref at 2048-d is the heaviest part at 50k
+            p = prc_features_to_metric(feats_device.float(), rt.float().to(self.device), save_cpu_ram=True, verbose=False)
             out["precision"] = p["precision"]
             out["recall"] = p["recall"]
         return out

@@ -3,7 +3,8 @@
 - images: FID, KID, precision/recall through torch-fidelity with the sampler as a
   `GenerativeModelBase` input (no image files); or FID/KID through clean-fid from the same
   features (`eval.fid_backend = "clean-fid"`). Feature extractors: the shipped digits classifier
-  (`digits-classifier`) or Inception-v3 (`inception`, weights from a local file).
+  (`digits-classifier`) or Inception-v3 (`inception`: a local file, torch hub's cache, or torch-fidelity's
+  file downloaded into that cache and checked against its SHA-256).
 - points / vectors: the Frechet distance on coordinates (`coords`) or flattened values (`raw`),
   the sliced Wasserstein distance, and for 2-D toys mode coverage.
 
@@ -26,6 +27,11 @@ from torch import Tensor
 from bench.errors import BenchError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# torch-fidelity's own URL (torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3); $BENCH_INCEPTION_URL overrides it
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+# the file's SHA-256 (95,628,359 bytes), as published by several projects that pin it; torch hub's
+# naming convention puts its first 8 hex digits in the file name (6726825d)
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 DIGITS_EXTRACTOR = "bench-digits-classifier"
 
 
@@ -110,8 +116,9 @@ def _register_digits_extractor() -> None:
     register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
 
 
-def find_inception_weights(configured: str) -> Path:
-    """The local Inception file: eval.inception_weights, $BENCH_INCEPTION_WEIGHTS, or torch-fidelity's cache."""
+def find_inception_weights(configured: str, progress: bool = True) -> Path:
+    """The Inception file: eval.inception_weights, $BENCH_INCEPTION_WEIGHTS, torch hub's cache, or
+    downloaded into that cache ($BENCH_INCEPTION_URL or torch-fidelity's URL; $BENCH_OFFLINE=1 forbids it)."""
     from torch.hub import get_dir
 
     candidates = [configured, os.environ.get("BENCH_INCEPTION_WEIGHTS", "")]
@@ -124,11 +131,51 @@ def find_inception_weights(configured: str) -> Path:
             return p.resolve()
     if cache.is_file():
         return cache
-    raise BenchError(
-        f"FID on images needs the Inception weights {INCEPTION_FILE} (torch-fidelity's inception-v3-compat); "
-        f"nothing can be downloaded here: set eval.inception_weights or BENCH_INCEPTION_WEIGHTS to the file, "
-        f"or place it at {cache}."
-    )
+    if os.environ.get("BENCH_OFFLINE", "") not in ("", "0"):
+        raise BenchError(
+            f"FID on images needs the Inception weights {INCEPTION_FILE} (torch-fidelity's inception-v3-compat); "
+            f"BENCH_OFFLINE forbids downloading it: set eval.inception_weights or BENCH_INCEPTION_WEIGHTS to the file, "
+            f"or place it at {cache}."
+        )
+    return download_checked(os.environ.get("BENCH_INCEPTION_URL") or INCEPTION_URL, cache, INCEPTION_SHA256, progress)
+
+
+def download_checked(url: str, dest: Path, sha256: str, progress: bool = True, timeout: float = 60.0) -> Path:
+    """Download `url` to `dest` through a temporary name in the same folder, renamed only when its
+    SHA-256 is `sha256`; a mismatch or a failed download leaves nothing behind (BenchError)."""
+    import hashlib
+    import tempfile
+    import urllib.request
+
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0) or None
+                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {dest.name}",
+                              disable=not progress) as bar:
+                        while chunk := resp.read(1 << 20):
+                            out.write(chunk)
+                            h.update(chunk)
+                            bar.update(len(chunk))
+            except OSError as e:  # URLError, HTTPError, timeouts, refused connections
+                reason = getattr(e, "reason", None) or e
+                raise BenchError(f"Downloading {dest.name} from {url} failed ({reason}); place the file at {dest} "
+                                 f"or set eval.inception_weights (BENCH_INCEPTION_URL names a mirror).") from None
+        if h.hexdigest() != sha256:
+            raise BenchError(f"The file downloaded from {url} has SHA-256 {h.hexdigest()[:16]}..., not {dest.name}'s "
+                             f"{sha256[:16]}...; it was deleted.")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 @dataclass
@@ -142,7 +189,8 @@ class FeatureSpace:
     weights_sha256: str = "none"
 
     @classmethod
-    def resolve(cls, requested: str, data_kind: str, data_name: str, inception_weights: str) -> "FeatureSpace":
+    def resolve(cls, requested: str, data_kind: str, data_name: str, inception_weights: str,
+                progress: bool = True) -> "FeatureSpace":
         from bench.checkpoint import file_sha256, state_hash
 
         name = requested
@@ -158,7 +206,7 @@ class FeatureSpace:
             from bench.digits_classifier import WEIGHTS_PATH, load_classifier
 
             return cls(name, DIGITS_EXTRACTOR, WEIGHTS_PATH, state_hash(load_classifier(WEIGHTS_PATH).state_dict()))
-        path = find_inception_weights(inception_weights)
+        path = find_inception_weights(inception_weights, progress)
         return cls("inception-v3-compat", "inception-v3-compat", path, file_sha256(path))
 
     def create(self, device: torch.device):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
@@ -21,6 +22,64 @@ class NFECounter(nn.Module):
     def forward(self, x, t, d, y):
         self.rows += x.shape[0]
         return self.model(x, t, d, y)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """eval.precision -> what runs: "bf16" (autocast), "fp32-tf32" (CUDA) or "fp32"."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32" and device.type == "cuda":
+        return "fp32-tf32"
+    return precision
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device):
+    """Autocast for "bf16"; TF32 matmuls for "fp32-tf32" (restored afterwards); nothing for "fp32"."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    old = torch.get_float32_matmul_precision()
+    if precision == "fp32-tf32":
+        torch.set_float32_matmul_precision("high")
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+class EvalModel(nn.Module):
+    """The model as the sampler calls it in evaluation: in `precision` (output float32, so the
+    sampler's updates stay float32), compiled once per batch shape when `compile`."""
+
+    def __init__(self, model: nn.Module, precision: str, device: torch.device, compile: bool = False,
+                 compile_mode: str = "default"):
+        super().__init__()
+        self.model, self.precision, self.device = model, precision, device
+        self.compiled = compile
+        # dynamic=False: one graph per row count (batch, and 2 x batch under CFG); the caller pads to keep it fixed
+        self.fn = torch.compile(model, dynamic=False, mode=compile_mode) if compile else model
+        if compile:  # every shape of every model of the class counts against one limit (training's graphs too)
+            import torch._dynamo.config as dynamo
+
+            name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # older torch
+            setattr(dynamo, name, max(getattr(dynamo, name), 64))
+        # CUDA graphs reuse their output buffers on the next replay: the sampler keeps outputs across calls
+        self.clone = compile and compile_mode == "reduce-overhead" and device.type == "cuda"
+
+    def forward(self, x, t, d, y):
+        with precision_context(self.precision, self.device):
+            out = self.fn(x, t, d, y)
+        return out.clone().float() if self.clone else out.float()
+
+
+def pad_rows(t: Tensor, rows: int, value: float | int = 0) -> Tensor:
+    """(b, ...) -> (rows, ...), filled with `value` (a compiled sampler sees one batch shape)."""
+    if len(t) == rows:
+        return t
+    return torch.cat([t, torch.full((rows - len(t), *t.shape[1:]), value, dtype=t.dtype, device=t.device)])
 
 
 @torch.no_grad()
@@ -48,12 +107,16 @@ def draw_labels(num: int, num_classes: int, label_probs: Tensor | None, generato
 
 
 def generate(method: Method, model: nn.Module, shape: tuple[int, ...], num_classes: int, label_probs: Tensor | None,
-             num_samples: int, batch_size: int, num_sampling_steps: int, seed: int, device) -> Iterator[tuple[Tensor, Tensor]]:
+             num_samples: int, batch_size: int, num_sampling_steps: int, seed: int, device,
+             pad: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
     """Yields (x (b, *shape), y (b,)) batches. The same seed gives the same noise and labels for
-    every number of steps, so curves over n compare the same starting points."""
+    every number of steps, so curves over n compare the same starting points. pad: the last batch
+    is sampled at the full batch size (zero noise, null label rows, dropped), for a compiled model."""
     g = torch.Generator(device).manual_seed(seed)
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
         y = draw_labels(b, num_classes, label_probs, g, device)
         x0 = torch.randn(b, *shape, generator=g, device=device)
-        yield sample(method, model, x0, y, num_sampling_steps, g), y
+        rows = batch_size if pad else b
+        x = sample(method, model, pad_rows(x0, rows), pad_rows(y, rows, num_classes), num_sampling_steps, g)
+        yield x[:b], y

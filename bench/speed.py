@@ -11,6 +11,11 @@
 - Feature extraction: the profile's feature space on random uint8 images (for latents, the VAE
   decoding is timed apart). A missing Inception file skips this part with its one sentence;
   `write_random_inception` makes a same-shape file with random weights for timing only.
+- The whole evaluation (`eval.precision`, `eval.compile`): the sampler's model rows/s and share of
+  peak at n = 1 and at n = M (with CFG where the method applies it there), timed over a few steps of
+  the n-step schedule at the eval batch; VAE decoding and feature images/s; from these the estimated
+  wall time of FID-N (N = eval.num_samples) at n in {1, 4, M} and at every evaluated n, beside the
+  compute floor (network rows x forward FLOPs / peak). Distances (FID/KID/PR) are not included.
 - FLOP/s: the model's forward FLOPs per row (`flops_per_forward()` when the model has it, else
   counted by torch's FlopCounterMode) x the rows of a step; on CUDA also the share of the
   device's dense peak for the training precision.
@@ -399,6 +404,7 @@ class FeatureTiming:
     per_second: float | None  # None: skipped
     decode_per_second: float | None = None  # latents: VAE decoding
     note: str = ""
+    decode_precision: str = ""
 
 
 def feature_image_side(data, image_size: int) -> tuple[int, int]:
@@ -432,12 +438,168 @@ def time_features(cfg, data, device: torch.device, image_size: int = 0, rounds: 
     reps = _repetitions(lambda: fe(imgs), device)
     per = [_seconds(lambda: [fe(imgs) for _ in range(reps)], device) / reps for _ in range(rounds)]
     out = FeatureTiming(space.name, (3, *side), b, b / statistics.median(per))
-    if hasattr(data, "decoder_name"):  # latents: decoding is part of every evaluated sample
+    if hasattr(data, "decoder_name"):  # latents: decoding is part of every evaluated sample, in the eval precision
+        from bench.sampling import precision_context, resolve_precision
+
+        precision = resolve_precision(cfg.eval.precision, device)
         z = data.get(torch.arange(min(b, len(data))))[0].to(device)
-        data.to_uint8(z)
-        dec = [_seconds(lambda: data.to_uint8(z), device) for _ in range(max(2, rounds // 2))]
+
+        def decode():
+            with precision_context(precision, device):
+                return data.to_uint8(z)
+
+        decode()
+        dec = [_seconds(decode, device) for _ in range(max(2, rounds // 2))]
         out.decode_per_second = len(z) / statistics.median(dec)
+        out.decode_precision = precision
     return out
+
+
+@dataclass
+class EvalSamplerTiming:
+    """The evaluation's sampler at n steps: the model's rows per second through `EvalModel`."""
+
+    method: str
+    num_sampling_steps: int
+    batch_size: int
+    precision: str
+    rows_per_step: float  # model rows per sampling step (batch, or 2 x batch under CFG)
+    seconds_per_step: float  # median
+    first_seconds: float  # the first step: compilation
+    tflops: float
+    peak_share: float | None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_per_step / self.seconds_per_step
+
+
+@torch.no_grad()
+def time_eval_sampler(method, model: nn.Module, data, cfg, device: torch.device, num_sampling_steps: int,
+                      steps_timed: int = 3, rounds: int = 3, seed: int = 0) -> EvalSamplerTiming:
+    """Median seconds per step of the first `steps_timed` steps of the n-step schedule at the eval batch,
+    in eval.precision and compiled when eval.compile (the first step, compilation included, timed apart)."""
+    from bench.sampling import EvalModel, NFECounter, draw_labels, resolve_precision
+
+    model.eval()
+    n, B = num_sampling_steps, cfg.eval.batch_size
+    precision = resolve_precision(cfg.eval.precision, device)
+    counter = NFECounter(EvalModel(model, precision, device, cfg.eval.compile, cfg.eval.compile_mode))
+    g = torch.Generator(device).manual_seed(seed)
+    x0 = torch.randn(B, *data.shape, generator=g, device=device)
+    y = draw_labels(B, data.num_classes, data.label_probs(), g, device)
+    k = min(n, steps_timed)
+
+    def steps(count):
+        x = x0
+        for i in range(count):
+            x = method.sample_step(counter, x, i / n, n, y, g)
+        return x
+
+    first = _seconds(lambda: steps(1), device)
+    reps = _repetitions(lambda: steps(k), device)  # also compiles every call shape of these steps
+    counter.rows = 0
+    per = [_seconds(lambda: [steps(k) for _ in range(reps)], device) / (reps * k) for _ in range(rounds)]
+    rows_per_step = counter.rows / (rounds * reps * k)
+    sec = statistics.median(per)
+    tfl = forward_flops(model, data.shape, data.num_classes, device) * rows_per_step / sec / 1e12
+    peak = None
+    if device.type == "cuda":
+        peak = peak_tflops(torch.cuda.get_device_name(device), "bf16" if precision == "bf16" else "fp32",
+                           precision == "fp32-tf32")
+    return EvalSamplerTiming(method.name, n, B, precision, rows_per_step, sec, first, tfl, tfl / peak if peak else None)
+
+
+class _ZeroVelocity(nn.Module):
+    def forward(self, x, t, d, y):
+        return torch.zeros_like(x)
+
+
+@dataclass
+class FidTimeEstimate:
+    """Estimated wall time of FID-N at the steps `steps` for one method (distances excluded)."""
+
+    method: str
+    num_samples: int
+    steps: list[int]
+    sampling_seconds: float
+    decode_seconds: float
+    feature_seconds: float
+    floor_seconds: float | None  # model FLOPs / peak: sampling at 100 % of the dense peak
+
+    @property
+    def seconds(self) -> float:
+        return self.sampling_seconds + self.decode_seconds + self.feature_seconds
+
+
+def fid_time_estimate(method, model: nn.Module, data, cfg, device: torch.device, steps: list[int],
+                      timings: list[EvalSamplerTiming], feat: "FeatureTiming", nfe_cache: dict[int, float] | None = None) -> FidTimeEstimate:
+    """Per n: N x NFE(n) model rows at the rate measured for that many rows per step (the nearest of
+    `timings`), plus N decodings and N feature extractions at their measured rates."""
+    from bench.sampling import count_nfe, draw_labels
+
+    N = cfg.eval.num_samples
+    g = torch.Generator(device).manual_seed(0)
+    x0 = torch.randn(2, *data.shape, generator=g, device=device)
+    y = draw_labels(2, data.num_classes, data.label_probs(), g, device)
+    flops = forward_flops(model, data.shape, data.num_classes, device)
+    per_sample_sec, floor = 0.0, 0.0
+    nfe_cache = {} if nfe_cache is None else nfe_cache
+    for n in steps:
+        if n not in nfe_cache:  # the calls a sampler makes do not depend on the values: count them on a stand-in
+            nfe_cache[n] = count_nfe(method, _ZeroVelocity(), x0, y, n)
+        nfe = nfe_cache[n]
+        rows_per_step = nfe / n * cfg.eval.batch_size
+        t = min(timings, key=lambda r: abs(r.rows_per_step - rows_per_step))
+        per_sample_sec += nfe * t.seconds_per_step / t.rows_per_step
+        peak = t.tflops / t.peak_share if t.peak_share else None
+        floor = floor + nfe * flops / (peak * 1e12) if (peak and floor is not None) else None
+    k = len(steps)
+    return FidTimeEstimate(method.name, N, list(steps), N * per_sample_sec,
+                           k * N / feat.decode_per_second if feat.decode_per_second else 0.0,
+                           k * N / feat.per_second if feat.per_second else 0.0,
+                           N * floor if floor is not None else None)
+
+
+def format_eval(rows: list[EvalSamplerTiming], estimates: list[tuple[str, FidTimeEstimate]], cfg) -> str:
+    ec = cfg.eval
+    head = (f"evaluation sampler (EMA model, eval.precision {ec.precision} -> {rows[0].precision}, eval.compile "
+            f"{'on (' + ec.compile_mode + ')' if ec.compile else 'off'}, eval batch {ec.batch_size}): model rows/s over "
+            f"the first steps of the n-step schedule, CFG where the method applies it at that n")
+    lines = [head, f"{'method':26s} {'n':>4s} {'rows/step':>9s} {'ms/step':>9s} {'rows/s':>10s} {'TFLOP/s':>8s} "
+                   f"{'of peak':>8s} {'first step s':>12s}"]
+    for r in rows:
+        share = f"{r.peak_share:8.1%}" if r.peak_share is not None else f"{'n/a':>8s}"
+        lines.append(f"{r.method:26s} {r.num_sampling_steps:4d} {r.rows_per_step:9.0f} {r.seconds_per_step * 1e3:9.2f} "
+                     f"{r.rows_per_second:10.0f} {r.tflops:8.3g} {share} {r.first_seconds:12.3g}")
+    lines += ["", f"FID-{ec.num_samples:,} wall time estimate (sampling + decoding + features per n; distances not included; "
+                  f"floor = model FLOPs / dense peak)",
+              f"{'method':26s} {'steps':24s} {'estimate':>10s} {'sampling':>10s} {'decoding':>10s} {'features':>10s} {'floor':>10s}"]
+
+    def fmt(sec):
+        return "n/a" if sec is None else (f"{sec / 3600:.2f} h" if sec >= 3600 else f"{sec / 60:.1f} min" if sec >= 60 else f"{sec:.1f} s")
+
+    for label, e in estimates:
+        lines.append(f"{e.method:26s} {label:24s} {fmt(e.seconds):>10s} {fmt(e.sampling_seconds):>10s} "
+                     f"{fmt(e.decode_seconds):>10s} {fmt(e.feature_seconds):>10s} {fmt(e.floor_seconds):>10s}")
+    return "\n".join(lines)
+
+
+def time_evaluation(s: "Setup", feat: "FeatureTiming", rounds: int = 3) -> tuple[list[EvalSamplerTiming], list[tuple[str, FidTimeEstimate]]]:
+    """Every method: the sampler at n = 1 and n = M, then FID-N estimates at {1, 4, M} and every evaluated n."""
+    rows, estimates = [], []
+    for name, cfg in s.configs.items():
+        tr = s.trainers[name]
+        M = cfg.method.M
+        timings = [time_eval_sampler(tr.method, tr.ema, s.data, cfg, s.device, n, rounds=rounds)
+                   for n in sorted({1, M})]
+        rows += timings
+        few = sorted({n for n in (1, 4, M) if n <= M and M % n == 0})
+        every = cfg.sampling_steps()
+        nfe: dict[int, float] = {}
+        for label, steps in ((",".join(map(str, few)), few), (f"all {len(every)} ({every[0]}..{every[-1]})", every)):
+            estimates.append((label, fid_time_estimate(tr.method, tr.ema, s.data, cfg, s.device, steps, timings, feat, nfe)))
+    return rows, estimates
 
 
 # ----------------------------------------------------------------------------- the report
@@ -498,7 +660,7 @@ def format_features(f: FeatureTiming) -> str:
         return f"feature extraction ({f.space}): {f.note}"
     out = f"feature extraction ({f.space}, uint8 {shape}, batch {f.batch_size}): {f.per_second:,.0f} images/s"
     if f.decode_per_second:
-        out += f"; VAE decoding of latents: {f.decode_per_second:,.0f} images/s"
+        out += f"; VAE decoding of latents ({f.decode_precision}): {f.decode_per_second:,.0f} images/s"
     return out
 
 
@@ -524,4 +686,8 @@ def main(profile: str | None = None, model: str | None = None, data: str | None 
     echo(format_sampling(sampling, cfg.eval.num_samples, feat))
     echo("")
     echo(format_features(feat))
-    return {"training": training, "sampling": sampling, "features": feat, "setup": s}
+    eval_rows, estimates = time_evaluation(s, feat)
+    echo("")
+    echo(format_eval(eval_rows, estimates, cfg))
+    return {"training": training, "sampling": sampling, "features": feat, "setup": s, "evaluation": eval_rows,
+            "fid_estimates": estimates}

@@ -32,6 +32,23 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+class _CloneOutput(nn.Module):
+    """A CUDA-graph module's output is overwritten by its next replay; methods keep outputs across calls."""
+
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args).clone()
+
+
+def compiled(module: nn.Module, mode: str = "default") -> nn.Module:
+    """torch.compile(module, mode); "reduce-overhead" (CUDA graphs: small, launch-bound models) clones outputs."""
+    fn = torch.compile(module, mode=mode)
+    return _CloneOutput(fn) if mode == "reduce-overhead" else fn
+
+
 def _gen_state(g: torch.Generator) -> Tensor:
     return g.get_state()
 
@@ -79,14 +96,15 @@ class Trainer:
             fused=device.type == "cuda",
         )
         # compiled views share parameters with the eager modules (checkpoints hold the eager ones)
-        self.fmodel = torch.compile(self.model) if tc.compile else self.model
-        self.fema = torch.compile(self.ema) if tc.compile else self.ema
+        self.cuda_graphs = tc.compile and tc.compile_mode == "reduce-overhead" and device.type == "cuda"
+        self.fmodel = compiled(self.model, tc.compile_mode) if tc.compile else self.model
+        self.fema = compiled(self.ema, tc.compile_mode) if tc.compile else self.ema
         # the regressed forward; under DDP its backward averages the gradients over ranks (methods
         # build targets without gradients from the bare module, so they never see the wrapper)
         self.ftrain = self.fmodel
         if distributed:
             ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            self.ftrain = torch.compile(ddp) if tc.compile else ddp
+            self.ftrain = compiled(ddp, tc.compile_mode) if tc.compile else ddp
         self.step = 0
         rank_offset = self.rank * 1_000_003  # per-rank random streams; rank 0 draws what a single process draws
         self.gen = torch.Generator(device).manual_seed(cfg.seed + rank_offset)  # noise, times, label dropout
@@ -121,6 +139,8 @@ class Trainer:
 
     def train_step(self) -> tuple[Tensor, dict[str, Tensor]]:
         """One optimiser step; returns the loss and per-row-group losses as tensors (no host sync)."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be reused
         batch = self.prepare_batch()
         with self.autocast:
             tg = self.method.targets(self.fmodel, self.fema, batch, self.step, self.gen)

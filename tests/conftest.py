@@ -18,6 +18,8 @@ def isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_STORE", str(store))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("BENCH_INCEPTION_URL", raising=False)
+    monkeypatch.setenv("BENCH_OFFLINE", "1")  # no test downloads; the download tests serve files on 127.0.0.1
     monkeypatch.setenv("BENCH_CONFIG", os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench.toml"))
     monkeypatch.chdir(tmp_path)
     return store

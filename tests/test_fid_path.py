@@ -177,14 +177,17 @@ def test_missing_inception_weights_are_one_sentence(tmp_path, monkeypatch):
 
 
 def test_the_estimate_extrapolates_one_timed_batch(tmp_path, monkeypatch):
-    """N = 1000 in batches of 300 (4 batches) at n = 1, 2, 4, with one batch taking 0.1 s per sampling
-    step and 0.05 s for features: 4 x (3 x 0.05 + 7 x 0.1) = 3.4 s, plus the reference set's
-    features (not cached: ceil(1797 / 300) = 6 batches x 0.05 s = 0.3 s)."""
+    """N = 1000 in batches of 300 (4 batches) at n = 1, 2, 4. Timed: the first batch 0.2 s (warm-up),
+    then one batch 0.1 s per sampling step (at n = 1, and one step of the 2- and 4-step schedules: 0.1 s,
+    0.12 s) and 0.05 s for features, the reference features 0.3 s (not
+    cached yet: computed once), the distances 0.02 s. 4 x (3 x 0.05 + 0.1 + 2 x 0.1 + 4 x 0.12) + 3 x 0.02
+    = 3.78 s, plus the reference 0.3 s and the warm-up's extra 0.2 - 0.1 - 0.05 = 0.05 s: 4.13 s (the samples
+    file and picture per n are timed for real: added apart)."""
     import bench.evaluate as E
 
-    durations = iter([0.1, 0.05])
+    durations = iter([0.2, 0.1, 0.1, 0.12, 0.05, 0.3, 0.02])
     monkeypatch.setattr(E, "_timed", lambda fn, device: (next(durations), fn()))
-    ev, data = digits_evaluator(tmp_path, 1000, 300)
+    ev, data = digits_evaluator(tmp_path, 1000, 300, "eval.kid=false", "eval.prc=false")  # distances: timing mocked
     from methods import get_method
 
     method = get_method("flow_matching")(ev.cfg.method, 10)
@@ -193,5 +196,11 @@ def test_the_estimate_extrapolates_one_timed_batch(tmp_path, monkeypatch):
 
     est = ev.estimate(method, build_model(ev.cfg.model, data.shape, 10), [1, 2, 4])
     assert est.sample_seconds == 0.1 and est.feature_seconds == 0.05
-    assert est.seconds == pytest.approx(3.4 + 0.3)
-    assert est.text().startswith("evaluation estimate: ~3.7 s for 1,000 samples at each n = 1,2,4 on cpu")
+    assert est.reference_seconds == 0.3 and est.distance_seconds == 0.02
+    assert est.warmup_seconds == pytest.approx(0.05)
+    assert est.step_seconds == {1: 0.1, 2: 0.1, 4: 0.12}
+    assert 0 < est.output_seconds < 5
+    assert est.seconds == pytest.approx(3.78 + 0.3 + 0.05 + 3 * est.output_seconds)
+    assert est.text().startswith("evaluation estimate: ~")
+    assert "s for 1,000 samples at each n = 1,2,4 on cpu, fp32" in est.text()
+    assert ev._ref_feats is not None  # the reference features are kept for the evaluation

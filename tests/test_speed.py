@@ -180,6 +180,9 @@ def test_bench_speed_prints_every_section():
     out = r.output
     assert "training step" in out and "predicted" in out and "harness/bare" in out
     assert "feature extraction (digits-classifier" in out
+    assert "evaluation sampler (EMA model, eval.precision auto -> fp32" in out and "FID-2,000 wall time estimate" in out
+    evaluation = out.split("evaluation sampler")[1].split("FID-2,000")[0]
+    assert {ln.split()[1] for ln in evaluation.splitlines() if ln.startswith("flow_matching ")} == {"1", "128"}
     training = out.split("training step")[1].split("sampling at n = 1")[0]
     rows = {ln.split()[0]: ln.split() for ln in training.splitlines() if ln.startswith(("flow_matching ", "shortcut "))}
     assert rows["flow_matching"][2] == "1.000" and rows["flow_matching"][3] == "1.000"  # ratio and prediction to itself
@@ -200,3 +203,32 @@ def test_bench_speed_on_synthetic_latents_with_a_dit(tmp_path):
     dit_flops = res["setup"].trainers["flow_matching"].model.flops_per_forward()
     fm = res["training"][0]
     assert fm.tflops == pytest.approx(dit_flops * 3 * 8 / fm.median / 1e12)
+
+
+def test_fid_time_estimate_by_hand():
+    """flow matching with CFG on digits (M = 8): NFE(n) = 2n, so 2 x B rows per step at every n. The
+    measured rate (2 x 64 rows in 0.01 s) gives N x 2n x 0.01 / 128 s per n; decoding none, features
+    N / 1000 s per n."""
+    from bench.config import resolve
+    from bench.data import load_dataset
+    from bench.models import build_model
+    from bench.speed import EvalSamplerTiming, FeatureTiming, fid_time_estimate
+    from methods import get_method
+
+    cfg = resolve("flow_matching", "digits", ["method.cfg_scale=1.5", "method.M=8", "eval.batch_size=64",
+                                              "eval.num_samples=1000"])
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.shape, data.num_classes)
+    method = get_method("flow_matching")(cfg.method, data.num_classes)
+    timing = EvalSamplerTiming("flow_matching", 1, 64, "fp32", 128, 0.01, 0.0, 1.0, 0.5)
+    feat = FeatureTiming("digits-classifier", (3, 8, 8), 64, 1000.0)
+    e = fid_time_estimate(method, model, data, cfg, torch.device("cpu"), [1, 4, 8], [timing], feat)
+    assert e.sampling_seconds == pytest.approx(1000 * 2 * (1 + 4 + 8) * 0.01 / 128)
+    assert e.feature_seconds == pytest.approx(3 * 1000 / 1000) and e.decode_seconds == 0
+    # floor: the peak implied by the timing (1 TFLOP/s at 50 %: 2 TFLOP/s) x the model's FLOPs per row
+    flops = model.flops_per_forward() if hasattr(model, "flops_per_forward") else None
+    if flops is None:
+        from bench.speed import counted_forward_flops
+
+        flops = counted_forward_flops(model, data.shape, data.num_classes, "cpu")
+    assert e.floor_seconds == pytest.approx(1000 * 2 * 13 * flops / 2e12)

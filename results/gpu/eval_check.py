@@ -1,0 +1,73 @@
+"""The evaluation pipeline end to end on this device, without MLflow (issue 11).
+
+Trains a model on digits for a few thousand steps (train.compile / compile_mode as given), then
+evaluates its EMA weights through the harness's Evaluator at n = 1, 4, M in each eval precision
+(same seed: same noise and labels), compiled or not; prints FID, KID, the evaluator's duration
+estimate and the measured evaluation time, per precision.
+
+    python results/gpu/eval_check.py --method shortcut --steps 4000 --model DiT-S/2 --set train.compile=true ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.config import resolve
+from bench.data import load_dataset
+from bench.evaluate import Evaluator
+from bench.models import build_model
+from bench.speed import _model_overrides
+from bench.trainer import Trainer, pick_device
+from methods import get_method
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", default="shortcut")
+    ap.add_argument("--profile", default="digits")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--set", action="append", default=[])
+    a = ap.parse_args()
+
+    extra = [f"{k}={v}" for k, v in _model_overrides(a.model or None)] + [f"train.steps={a.steps}", *a.set]
+    cfg = resolve(a.method, a.profile, extra)
+    device = pick_device(cfg.train.device)
+    data = load_dataset(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.shape, data.num_classes)
+    method = get_method(a.method)(cfg.method, data.num_classes, None, train_steps=cfg.train.steps)
+    tr = Trainer(cfg, method, model, data, device, progress=False)
+    t0 = time.perf_counter()
+    tr.fit()
+    train_s = time.perf_counter() - t0
+    print(f"trained {a.method} {a.model or cfg.model.arch} on {data.name} for {cfg.train.steps} steps in {train_s:.1f} s "
+          f"({cfg.train.steps / train_s:.1f} steps/s incl. compile; train.precision {cfg.train.precision}, "
+          f"compile {cfg.train.compile} {cfg.train.compile_mode}), device {device}", flush=True)
+    M = cfg.method.M
+    steps = sorted({1, 4, M})
+    with tempfile.TemporaryDirectory() as cache:
+        for precision in a.precisions.split(","):
+            ecfg = resolve(a.method, a.profile, extra + [f"eval.precision={precision}"])
+            ev = Evaluator(ecfg, data, device, Path(cache), progress=False)
+            ev.reference_features()
+            t0 = time.perf_counter()
+            est = ev.estimate(method, tr.ema, steps)
+            est_s = time.perf_counter() - t0
+            res = {n: ev.evaluate(method, tr.ema, n).metrics for n in steps}
+            took = time.perf_counter() - t0 - est_s
+            print(f"eval.precision {precision} -> {ev.precision}, eval.compile {ecfg.eval.compile} "
+                  f"({ecfg.eval.compile_mode}), {ecfg.eval.num_samples} samples, seed {ev.seed}: "
+                  + ", ".join(f"n={n}: FID {m['fid']:.3f} KID {m.get('kid', float('nan')):.4f}" for n, m in res.items())
+                  + f"; estimate {est.seconds:.1f} s, measured {took:.1f} s (the estimate itself took {est_s:.1f} s)", flush=True)
+            print("  " + est.text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
