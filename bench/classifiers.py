@@ -4,7 +4,7 @@ spatial map, with gradients flowing to the input. Never the network FID/FD is me
 - digits: the second digits classifier (bench/digits_probe.py), shipped with the package;
 - other images: torchvision's ResNet-18 with its ImageNet weights from a local file
   (method.classifier_weights, $BENCH_CLASSIFIER_WEIGHTS, or torch's hub cache under its usual name),
-  else downloaded into that cache where the machine is online (hash prefix checked).
+  else downloaded into that cache where the machine is online (hash prefix checked; $BENCH_OFFLINE=1 forbids it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from bench.errors import BenchError
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
 RESNET18_URL = "https://download.pytorch.org/models/" + RESNET18_FILE
+RESNET18_SHA256_PREFIX = RESNET18_FILE.split("-")[1].split(".")[0]  # torchvision names its files by their SHA-256's first digits
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -92,30 +93,27 @@ class ResNet18Classifier(FrozenClassifier):
         return ClassifierOutput(n.fc(h), h, m)
 
 
-def find_resnet18_weights(configured: str) -> Path:
-    """The local ResNet-18 file: the configured path, $BENCH_CLASSIFIER_WEIGHTS, or torch's hub cache."""
-    candidates = [configured, os.environ.get("BENCH_CLASSIFIER_WEIGHTS", "")]
-    candidates.append(str(Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE))
-    for c in candidates:
-        if c and Path(c).expanduser().is_file():
-            return Path(c).expanduser()
-    if configured:
-        raise BenchError(f"Classifier weights {configured} do not exist.")
-    cached = Path(candidates[-1])
-    try:
-        download_resnet18(cached)
-        return cached
-    except Exception:
-        pass
-    raise BenchError(f"The classifier these methods distil through needs torchvision's ResNet-18 weights {RESNET18_FILE}, "
-                     f"which could not be downloaded; set method.classifier_weights or BENCH_CLASSIFIER_WEIGHTS to the file, "
-                     f"or place it in {cached.parent}.")
+def find_resnet18_weights(configured: str, progress: bool = True) -> Path:
+    """The ResNet-18 file: method.classifier_weights, $BENCH_CLASSIFIER_WEIGHTS, torch hub's cache, or
+    downloaded into that cache ($BENCH_CLASSIFIER_URL or torchvision's URL, the file name's hash prefix
+    checked as torch hub does; $BENCH_OFFLINE=1 forbids it), as the Inception weights are found."""
+    from bench.metrics import download_checked
 
-
-def download_resnet18(dst: Path) -> None:
-    """Fetch the weights into torch's hub cache (where the machine is online), checking the hash prefix."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(RESNET18_URL, str(dst), hash_prefix=RESNET18_FILE.split("-")[1].split(".")[0], progress=False)
+    for c in (configured, os.environ.get("BENCH_CLASSIFIER_WEIGHTS", "")):
+        if c:
+            p = Path(c).expanduser()
+            if not p.is_file():
+                raise BenchError(f"Classifier weights {p} do not exist.")
+            return p.resolve()
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
+    if cache.is_file():
+        return cache
+    if os.environ.get("BENCH_OFFLINE", "") not in ("", "0"):
+        raise BenchError(f"The classifier these methods distil through needs torchvision's ResNet-18 weights {RESNET18_FILE}; "
+                         f"BENCH_OFFLINE forbids downloading them: set method.classifier_weights or BENCH_CLASSIFIER_WEIGHTS "
+                         f"to the file, or place it at {cache}.")
+    return download_checked(os.environ.get("BENCH_CLASSIFIER_URL") or RESNET18_URL, cache, RESNET18_SHA256_PREFIX, progress,
+                            where="set method.classifier_weights (BENCH_CLASSIFIER_URL names a mirror)")
 
 
 def load_classifier_for(data, choice: str, weights: str, device: torch.device, who: str) -> FrozenClassifier:

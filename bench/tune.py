@@ -691,9 +691,12 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
                  + (" (resumed)" if resume else ""))
 
             env = {"BENCH_STORE": str(store_root()), "MLFLOW_TRACKING_URI": uri}
-            for var in ("BENCH_INCEPTION_WEIGHTS", "TORCH_HOME"):
+            for var in ("BENCH_INCEPTION_WEIGHTS", "BENCH_CLASSIFIER_WEIGHTS", "TORCH_HOME"):  # paths: absolute for other nodes
                 if os.environ.get(var):
                     env[var] = str(Path(os.environ[var]).expanduser().resolve())
+            for var in ("BENCH_OFFLINE", "BENCH_INCEPTION_URL", "BENCH_CLASSIFIER_URL"):  # the driver's download policy holds in every trial
+                if os.environ.get(var):
+                    env[var] = os.environ[var]
             trainable = tune.with_resources(run_trial, {"cpu": plan.cpus, "gpu": gpus})
             storage = store_root() / "ray"
             path = storage / f"sweep-{parent_id}"

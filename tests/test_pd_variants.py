@@ -257,17 +257,11 @@ def test_refusals_in_one_sentence(monkeypatch, tmp_path):
         load_classifier_for(latents, "auto", "", torch.device("cpu"), "cfd")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("BENCH_CLASSIFIER_WEIGHTS", raising=False)
-    tried = []
-
-    def offline(dst):
-        tried.append(dst)
-        raise OSError("offline")
-
-    monkeypatch.setattr("bench.classifiers.download_resnet18", offline)
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
     images = TensorData("npz:/x.npz", "images", torch.zeros(4, 3, 8, 8), None, 0)
-    with pytest.raises(BenchError, match="ResNet-18 weights resnet18-f37072fd.pth, which could not be downloaded"):
+    with pytest.raises(BenchError, match="ResNet-18 weights resnet18-f37072fd.pth; BENCH_OFFLINE forbids"):
         load_classifier_for(images, "auto", "", torch.device("cpu"), "cfd")
-    assert tried == [tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"]
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
     with pytest.raises(BenchError, match="/no/such.pth do not exist"):
         load_classifier_for(images, "resnet18", "/no/such.pth", torch.device("cpu"), "cfd")
     with pytest.raises(BenchError, match="classifies 1x8x8 digits"):
@@ -292,3 +286,28 @@ def test_resnet18_from_a_local_file(tmp_path, monkeypatch):
     assert out.logits.shape == (2, 1000) and out.h.shape == (2, 512) and out.m.shape == (2, 512, 1, 1)
     out.h.sum().backward()
     assert x.grad.abs().sum() > 0 and all(p.grad is None for p in clf.parameters())
+
+
+def test_resnet18_downloaded_like_the_inception_file(tmp_path, monkeypatch):
+    """No local file and online: fetched into torch hub's cache from $BENCH_CLASSIFIER_URL (a server on
+    127.0.0.1), kept only when its SHA-256 starts with the expected prefix (torch hub's check)."""
+    import hashlib
+
+    from bench import classifiers
+    from tests.test_inception_download import _Server
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("BENCH_CLASSIFIER_WEIGHTS", raising=False)
+    monkeypatch.delenv("BENCH_OFFLINE", raising=False)
+    body = b"not really resnet weights" * 100
+    cache = tmp_path / "torch" / "hub" / "checkpoints" / classifiers.RESNET18_FILE
+    with _Server(body) as server:
+        monkeypatch.setenv("BENCH_CLASSIFIER_URL", server.url)
+        with pytest.raises(BenchError, match="it was deleted"):  # the real prefix: this body does not match it
+            classifiers.find_resnet18_weights("", progress=False)
+        assert not cache.exists() and not list(cache.parent.glob("*.part"))
+        monkeypatch.setattr(classifiers, "RESNET18_SHA256_PREFIX", hashlib.sha256(body).hexdigest()[:8])
+        assert classifiers.find_resnet18_weights("", progress=False) == cache
+        assert cache.read_bytes() == body and len(server.requests) == 2
+        assert classifiers.find_resnet18_weights("", progress=False) == cache  # cached: no third request
+        assert len(server.requests) == 2
