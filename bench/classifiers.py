@@ -23,6 +23,7 @@ RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGEN
 RESNET18_URL = "https://download.pytorch.org/models/" + RESNET18_FILE
 RESNET18_SHA256_PREFIX = RESNET18_FILE.split("-")[1].split(".")[0]  # torchvision names its files by their SHA-256's first digits
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INPUT_SIDE = 224  # the ImageNet weights' resolution: images are resized (bilinear, differentiable) to it; layer4's map is 7x7
 
 
 @dataclass
@@ -63,7 +64,7 @@ class DigitsProbeClassifier(FrozenClassifier):
 
 
 class ResNet18Classifier(FrozenClassifier):
-    """ImageNet ResNet-18 on the images as they are (no resizing): layer4's map, its average, fc."""
+    """ImageNet ResNet-18 on the images resized to 224 px (its training resolution): layer4's 7x7 map, its average, fc."""
 
     def __init__(self, path: Path):
         import torchvision
@@ -87,6 +88,8 @@ class ResNet18Classifier(FrozenClassifier):
             x = x.expand(-1, 3, -1, -1)
         n = self.net
         a = ((x[:, :3] + 1) / 2 - self.mean) / self.std
+        if a.shape[-2:] != (INPUT_SIDE, INPUT_SIDE):  # stride 32: a 32 px image would leave RDD a 1x1 map (no pixel relations)
+            a = F.interpolate(a, size=(INPUT_SIDE, INPUT_SIDE), mode="bilinear", align_corners=False, antialias=False)
         a = n.maxpool(n.relu(n.bn1(n.conv1(a))))
         m = n.layer4(n.layer3(n.layer2(n.layer1(a))))
         h = F.adaptive_avg_pool2d(m, 1).flatten(1)

@@ -18,7 +18,7 @@ from bench import metrics as M
 from bench.checkpoint import atomic_write
 from bench.config import Config
 from bench.data import Dataset
-from bench.errors import BenchError
+from bench.errors import RunFailed
 from bench.sampling import EvalModel, NFECounter, draw_labels, generate, precision_context, resolve_precision, sample
 from methods.base import Method
 
@@ -274,7 +274,7 @@ class Evaluator:
             bar.update(len(x))
         bar.close()
         if bad.item():
-            raise BenchError(f"Sampling with {n} steps produced non-finite values.")
+            raise RunFailed(f"Sampling with {n} steps produced non-finite values.")
         samples = torch.cat(kept_x).cpu().numpy() if kept_x else np.zeros((0, *self.data.shape), np.float32)
         labels = torch.cat(kept_y).cpu().numpy() if (kept_y and self.data.num_classes) else None
         return torch.cat(feats), samples, labels

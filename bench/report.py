@@ -27,12 +27,12 @@ from bench.errors import BenchError
 EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
 SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
 # params that group runs: the resolved config (settable) and what the harness derived from it
-GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.")
+GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.", "classifier.")
 # per run by nature, never a reason to split a group: the seed (and the evaluation seed derived
 # from it), ids and hashes of a run's own teacher or checkpoint, and paths whose file is
 # identified by a hash param
 PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.checkpoint_step", "eval.checkpoint_ema_sha256",
-           "eval.inception_weights"}
+           "eval.inception_weights", "method.classifier_weights"}
 CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (seeds) of a row "
            "(n - 1 degrees of freedom); a single run shows its value")
 

@@ -145,6 +145,7 @@ def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None 
     model = build_model(cfg.model, data.shape, data.num_classes)
     method = method_cls(cfg.method, data.num_classes, teacher, train_steps=cfg.train.steps)
     method.setup(data, device)  # a method that cannot use these data says so before anything is written
+    evaluator.precision = method.eval_precision(evaluator.precision)  # logged as eval.sampling_precision
     return Prepared(cfg, device, data, evaluator, method, model)
 
 

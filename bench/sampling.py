@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -106,14 +107,25 @@ def draw_labels(num: int, num_classes: int, label_probs: Tensor | None, generato
     return torch.multinomial(label_probs.to(device), num, replacement=True, generator=generator)
 
 
+def batch_seed(seed: int, start: int) -> int:
+    """The generator seed of the evaluation batch that begins at sample `start`: `seed` itself for the
+    first batch (one-batch evaluations draw what they always drew), a hash of both for the others."""
+    if start == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, start]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def generate(method: Method, model: nn.Module, shape: tuple[int, ...], num_classes: int, label_probs: Tensor | None,
              num_samples: int, batch_size: int, num_sampling_steps: int, seed: int, device,
              pad: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
     """Yields (x (b, *shape), y (b,)) batches. The same seed gives the same noise and labels for
-    every number of steps, so curves over n compare the same starting points. pad: the last batch
-    is sampled at the full batch size (zero noise, null label rows, dropped), for a compiled model."""
-    g = torch.Generator(device).manual_seed(seed)
+    every number of steps, so curves over n compare the same starting points: each batch draws its
+    labels, noise and (stochastic samplers) sampler noise from a generator of its own, seeded from
+    (seed, batch start), so a later batch does not depend on how many draws the sampler took
+    before it at another n. pad: the last batch is sampled at the full batch size (zero noise,
+    null label rows, dropped), for a compiled model."""
     for start in range(0, num_samples, batch_size):
+        g = torch.Generator(device).manual_seed(batch_seed(seed, start))
         b = min(batch_size, num_samples - start)
         y = draw_labels(b, num_classes, label_probs, g, device)
         x0 = torch.randn(b, *shape, generator=g, device=device)

@@ -39,6 +39,10 @@ class _CloneOutput(nn.Module):
         super().__init__()
         self.fn = fn
 
+    @property
+    def _orig_mod(self) -> nn.Module:  # the eager module, as torch.compile's wrapper exposes it (methods unwrap it)
+        return self.fn._orig_mod
+
     def forward(self, *args):
         return self.fn(*args).clone()
 

@@ -98,6 +98,11 @@ class Method:
         self.teacher = teacher
         self.train_steps = train_steps  # train.steps: curricula and stages are pure functions of (step, train_steps)
 
+    def eval_precision(self, precision: str) -> str:
+        """The sampling precision this method is evaluated in, given what eval.precision resolved to
+        ("bf16", "fp32-tf32" or "fp32"); a sampler that amplifies rounding errors asks for "fp32"."""
+        return precision
+
     @property
     def eval_weights(self) -> str:
         """The weights evaluation samples with: "ema" (the default) or "live" (the trained model itself)."""

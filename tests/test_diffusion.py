@@ -191,3 +191,14 @@ def test_diffusion_trains_and_collapses_at_one_step_on_smoke():
     one, many = out.results[1], out.results[16]
     assert one["modes_hit"] == 0 and many["modes_hit"] == 8  # 1 step: all samples near the mean, off every mode
     assert one["fid"] > 10 * many["fid"]
+
+
+def test_eps_evaluates_in_fp32_whatever_eval_precision_says():
+    """eps divides by sqrt(abar_T) ~ 0.006 at the first trailing step: bf16 (or TF32) rounding of the
+    output would be amplified ~178x at n = 1, so eps asks for fp32; v keeps what eval.precision resolved to."""
+    from bench.config import resolve
+    from bench.run import prepare, run_params
+
+    for param, want in (("eps", "fp32"), ("v", "bf16")):
+        p = prepare(resolve("diffusion", "smoke", [f"parameterization={param}", "eval.precision=bf16"]), progress=False)
+        assert p.evaluator.precision == want and run_params(p)["eval.sampling_precision"] == want

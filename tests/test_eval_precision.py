@@ -160,3 +160,44 @@ def test_train_compile_mode_reduce_overhead_clones_outputs(monkeypatch):
         raw = tr.fema.fn(x1, t, t, y)
         tr.fema.fn(x2, t, t, y)
         assert not torch.equal(raw, tr.ema(x1, t, t, y))  # without the copy it would not be
+
+
+def test_every_batch_starts_from_the_same_noise_at_every_n():
+    """A stochastic sampler (consistency) draws fresh noise at every step; the second batch's labels
+    and starting noise must not depend on how many draws the first batch's n took."""
+    import torch
+
+    from bench.config import resolve
+    from bench.run import prepare
+    from bench.sampling import batch_seed, generate
+
+    assert batch_seed(7, 0) == 7 and batch_seed(7, 100) != batch_seed(8, 100)
+    p = prepare(resolve("consistency_training", "smoke", ["M=8"]), progress=False)
+    model = p.model.eval()
+    starts = {}
+    for n in (1, 8):
+        seen = []
+        orig = p.method.sample_step
+
+        def spy(model_, x, t, num, y, g, _seen=seen):
+            if t == 0:
+                _seen.append(x.clone())
+            return orig(model_, x, t, num, y, g)
+
+        p.method.sample_step = spy
+        with torch.no_grad():
+            list(generate(p.method, model, (2,), 0, None, 30, 10, n, seed=3, device="cpu"))
+        p.method.sample_step = orig
+        starts[n] = seen
+    assert len(starts[1]) == len(starts[8]) == 3
+    for a, b in zip(starts[1], starts[8]):
+        assert torch.equal(a, b)
+
+
+def test_cuda_graph_wrapper_unwraps_to_the_eager_module():
+    """Methods that need the eager module (a target network copy, a JVP) unwrap `_orig_mod`: the
+    reduce-overhead wrapper must lead to the same module a plain torch.compile wrapper does."""
+    from bench.trainer import compiled
+
+    m = nn.Linear(2, 2)
+    assert compiled(m, "reduce-overhead")._orig_mod is m and compiled(m)._orig_mod is m

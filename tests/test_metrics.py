@@ -80,13 +80,13 @@ def test_digits_classifier_retrains_reproducibly(tmp_path):
     assert c["weights_sha256"] != a["weights_sha256"]
 
 
-def test_feature_space_resolution_and_missing_inception(tmp_path):
+def test_feature_space_resolution_and_missing_inception(tmp_path, monkeypatch):
     from bench.errors import BenchError
 
     fs = M.FeatureSpace.resolve("auto", "images", "digits", "")
     assert fs.name == "digits-classifier" and len(fs.weights_sha256) == 64
     assert M.FeatureSpace.resolve("auto", "points", "toy:x", "").name == "coords"
-    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # not torch.hub.set_dir: that would outlive this test
     with pytest.raises(BenchError, match="weights-inception-2015-12-05-6726825d.pth"):
         M.FeatureSpace.resolve("auto", "images", "imagefolder:/x", "")
     with pytest.raises(BenchError, match="does not exist"):

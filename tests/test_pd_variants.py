@@ -283,7 +283,7 @@ def test_resnet18_from_a_local_file(tmp_path, monkeypatch):
     assert clf.name == "resnet18" and clf.sha256 == file_sha256(path)
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     out = clf(x)
-    assert out.logits.shape == (2, 1000) and out.h.shape == (2, 512) and out.m.shape == (2, 512, 1, 1)
+    assert out.logits.shape == (2, 1000) and out.h.shape == (2, 512) and out.m.shape == (2, 512, 7, 7)  # resized to 224: a 7x7 map, not 1x1
     out.h.sum().backward()
     assert x.grad.abs().sum() > 0 and all(p.grad is None for p in clf.parameters())
 
@@ -311,3 +311,4 @@ def test_resnet18_downloaded_like_the_inception_file(tmp_path, monkeypatch):
         assert cache.read_bytes() == body and len(server.requests) == 2
         assert classifiers.find_resnet18_weights("", progress=False) == cache  # cached: no third request
         assert len(server.requests) == 2
+

@@ -95,3 +95,12 @@ def test_plots_are_deterministic_vector_copies(tmp_path):
     write_report("v", tmp_path / "b")
     svg = (tmp_path / "a" / "fid_vs_steps.svg").read_bytes()
     assert svg.startswith(b"<?xml") and svg == (tmp_path / "b" / "fid_vs_steps.svg").read_bytes()
+
+
+def test_runs_through_different_classifiers_are_apart_the_same_file_at_two_paths_is_not():
+    """CFD/RDD runs record classifier.sha256: another file is another group; its path is per run."""
+    for seed, (sha, path) in enumerate((("aaa", "/a/r18.pth"), ("aaa", "/b/r18.pth"), ("bbb", "/a/r18.pth"))):
+        add_run("clf", "cfd", "npz:/x.npz", seed, {1: 1.0 + seed, 8: 0.5},
+                **{"classifier.name": "resnet18", "classifier.sha256": sha, "method.classifier_weights": path})
+    df = collect("clf")
+    assert df.groupby("group")["run_id"].nunique().sort_values().tolist() == [1, 2]
