@@ -96,12 +96,21 @@ def _settable() -> set[str]:
 
 def group_keys(configs: list[dict[str, str]]) -> list[str]:
     """The keys that tell the groups apart: method, then every settable key whose value differs
-    between groups that have it (method.* keys: every method's own options are settable), then
-    derived keys (data fingerprints, budgets, ...) only where those leave two groups alike."""
+    between groups that have it (method.* keys: every method's own options are settable; a key only
+    some methods have counts where it differs between runs of one method), then derived keys (data
+    fingerprints, budgets, ...) only where those leave two groups alike."""
     settable = _settable()
     keys = sorted({k for c in configs for k in c}, key=lambda k: (k != "method", k != "profile", k))
 
     def differs(k: str) -> bool:
+        if k.startswith("method.") and not all(k in c for c in configs):
+            # a key only some methods have: it labels a row only where it splits one method's runs
+            # (meanflow's time_sampling = uniform against flow matching's grid says nothing the method does not)
+            by_method: dict[str, set] = {}
+            for c in configs:
+                if k in c:
+                    by_method.setdefault(c.get("method"), set()).add(c[k])
+            return any(len(v) > 1 for v in by_method.values())
         return len({c[k] for c in configs if k in c}) > 1
 
     def classes(ks: list[str]) -> int:

@@ -104,3 +104,12 @@ def test_runs_through_different_classifiers_are_apart_the_same_file_at_two_paths
                 **{"classifier.name": "resnet18", "classifier.sha256": sha, "method.classifier_weights": path})
     df = collect("clf")
     assert df.groupby("group")["run_id"].nunique().sort_values().tolist() == [1, 2]
+
+
+def test_an_option_only_some_methods_have_labels_rows_only_where_it_splits_a_method():
+    add_run("opt", "meanflow", "toy:eight_gaussians", 0, {1: 1.0, 8: 0.5}, **{"method.time_sampling": "uniform"})
+    add_run("opt", "flow_matching", "toy:eight_gaussians", 0, {1: 2.0, 8: 0.5}, **{"method.time_sampling": "grid"})
+    add_run("opt", "shortcut", "toy:eight_gaussians", 0, {1: 3.0, 8: 0.5}, **{"method.k": 0.25})
+    assert collect("opt").attrs["group_keys"] == ["method"]
+    add_run("opt", "shortcut", "toy:eight_gaussians", 0, {1: 3.0, 8: 0.5}, **{"method.k": 0.125})
+    assert collect("opt").attrs["group_keys"] == ["method", "method.k"]
