@@ -100,7 +100,7 @@ def find_resnet18_weights(configured: str, progress: bool = True) -> Path:
     """The ResNet-18 file: method.classifier_weights, $BENCH_CLASSIFIER_WEIGHTS, torch hub's cache, or
     downloaded into that cache ($BENCH_CLASSIFIER_URL or torchvision's URL, the file name's hash prefix
     checked as torch hub does; $BENCH_OFFLINE=1 forbids it), as the Inception weights are found."""
-    from bench.metrics import download_checked
+    from bench.download import download_checked
 
     for c in (configured, os.environ.get("BENCH_CLASSIFIER_WEIGHTS", "")):
         if c:
@@ -121,11 +121,9 @@ def find_resnet18_weights(configured: str, progress: bool = True) -> Path:
 
 def load_classifier_for(data, choice: str, weights: str, device: torch.device, who: str) -> FrozenClassifier:
     """The frozen classifier for `data` (a bench.data.Dataset): choice auto | digits-probe | resnet18."""
-    from bench.latents import LatentDataset
-
     if data.kind != "images":
         raise BenchError(f"{who} distils through an image classifier, and {data.name} holds {data.kind}, not images.")
-    if isinstance(data, LatentDataset):
+    if data.latent:
         raise BenchError(f"{who} on latents would have to decode through the VAE with gradients, which is not "
                          f"implemented; train it on images (digits, imagefolder:PATH).")
     if choice == "auto":

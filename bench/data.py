@@ -11,13 +11,14 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from bench.config import DataConfig
+from bench.digits_arrays import load_digits_arrays
 from bench.errors import BenchError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -44,6 +45,7 @@ class Dataset:
     shape: tuple[int, ...]
     num_classes: int = 0
     modes: ToyModes | None = None
+    latent: ClassVar[bool] = False  # model space is a VAE's latents (images only after decoding)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -177,14 +179,6 @@ def load_toy(name: str, cfg: DataConfig) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- digits
-
-
-def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits: images (1797, 8, 8) in [0, 16], labels (1797,)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.images.astype(np.float32), d.target.astype(np.int64)
 
 
 def load_digits(cfg: DataConfig) -> Dataset:

@@ -66,7 +66,7 @@ def train_classifier(seed: int = 0, epochs: int = 40, out: Path | None = None) -
     from sklearn.model_selection import train_test_split
 
     from bench.checkpoint import atomic_write, state_hash
-    from bench.data import load_digits_arrays
+    from bench.digits_arrays import load_digits_arrays
 
     images, labels = load_digits_arrays()
     x = torch.from_numpy(images / 8.0 - 1.0)[:, None]

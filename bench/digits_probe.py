@@ -69,7 +69,7 @@ def train_probe(seed: int = DEFAULT_SEED, epochs: int = 30, out: Path | None = N
     from sklearn.model_selection import train_test_split
 
     from bench.checkpoint import atomic_write, state_hash
-    from bench.data import load_digits_arrays
+    from bench.digits_arrays import load_digits_arrays
 
     images, labels = load_digits_arrays()
     x = torch.from_numpy(images / 8.0 - 1.0)[:, None]

@@ -259,6 +259,7 @@ class LatentDataset(Dataset):
     """
 
     kind = "images"
+    latent = True
     decode_batch_size = 32
 
     def __init__(self, root: Path, meta: dict[str, Any]):

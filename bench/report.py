@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.plots import axis, pyplot, save
 
 EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
 SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
@@ -176,59 +177,6 @@ def training_compute(params: dict[str, str]) -> float:
 
 
 # -- plots ---------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.hashsalt"] = "bench"  # the same data gives the same SVG bytes (committed results)
-    return plt
-
-
-def _save(fig, path: Path) -> list[Path]:
-    """The PNG at `path` and a vector copy (.svg) beside it, each written whole."""
-    from bench.checkpoint import atomic_write
-
-    path = Path(path)
-    svg = path.with_suffix(".svg")
-    written = [atomic_write(path, lambda fh: fig.savefig(fh, format="png", bbox_inches="tight")),
-               atomic_write(svg, lambda fh: fig.savefig(fh, format="svg", bbox_inches="tight", metadata={"Date": None}))]
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return written
-
-
-def _axis(ax, which: str, lo: float, hi: float, log2_ticks: list[float] | None = None) -> None:
-    """Readable ticks on any range: a log axis when the values span a decade or more (major
-    ticks only, plain numbers), else a linear one with at most 6 ticks; `log2_ticks` puts a log2
-    axis with a tick at each given value (sampling steps)."""
-    from matplotlib import ticker
-
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
-    fmt = ticker.FuncFormatter(lambda v, _: f"{v:.4g}" if abs(v) < 1e4 else ticker.EngFormatter(sep=" ")(v))
-    if log2_ticks:
-        set_scale("log", base=2)
-        axis.set_major_locator(ticker.FixedLocator(log2_ticks))
-        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_locator(ticker.NullLocator())
-    elif lo > 0 and hi / lo >= 10:
-        set_scale("log")
-        axis.set_major_locator(ticker.LogLocator(base=10, numticks=8))
-        axis.set_minor_locator(ticker.LogLocator(base=10, subs=range(2, 10), numticks=100))
-        axis.set_major_formatter(fmt)
-        axis.set_minor_formatter(ticker.NullFormatter())
-        if hi / lo < 100:  # one or two decades: label 2x and 5x too, or the axis has a single label
-            axis.set_minor_formatter(ticker.FuncFormatter(
-                lambda v, _: fmt(v, None) if round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
-    else:
-        set_scale("linear")
-        axis.set_major_locator(ticker.MaxNLocator(6))
-        axis.set_major_formatter(fmt)
-
-
 def _bands(stats: pd.DataFrame) -> tuple[float, float]:
     """The y range that shows every mean; bands below it are clipped to the axis (a lower
     t-bound can be <= 0, off a log axis)."""
@@ -262,7 +210,7 @@ def _legend(ax, title: str) -> None:
 
 
 def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     fid = df[df["metric"] == "fid"]
     stats = fid.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
     order = sorted(stats["group"].unique(), key=_sort_key)
@@ -270,8 +218,8 @@ def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     _lines(ax, stats, "group", "steps", order, floor)
     steps = sorted(fid["steps"].unique())
-    _axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
-    _axis(ax, "y", floor, top)
+    axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
+    axis(ax, "y", floor, top)
     ax.set_ylim(floor, top)
     space = ", ".join(sorted(fid["feature_space"].unique()))
     runs = int(stats["n"].max())
@@ -281,26 +229,7 @@ def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
                  + (",\nbands: 95 % t-interval over runs" if runs > 1 else ""), fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax, group_title(df))
-    return _save(fig, path)
-
-
-def plot_run_curve(fid: dict[int, float], path: Path, title: str) -> list[Path]:
-    """One run's FID against n (the MLflow artifact plots/fid_vs_steps.png)."""
-    plt = _pyplot()
-    steps = sorted(fid)
-    vals = [fid[n] for n in steps]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.plot(steps, vals, marker="o", lw=1.6)
-    pos = [v for v in vals if v > 0]
-    lo, hi = (min(pos) / 1.5, max(pos) * 1.3) if pos else (0, 1)
-    _axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
-    _axis(ax, "y", lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("FID")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
@@ -308,7 +237,7 @@ def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     mean over its runs, the 95 % t-interval as an error bar."""
     import seaborn as sns
 
-    plt = _pyplot()
+    plt = pyplot()
     fid = df[df["metric"] == "fid"]
     M = int(fid["steps"].max())
     cols = [s for s in (1, 4, M) if s in set(fid["steps"])]
@@ -330,9 +259,9 @@ def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
             err = [[max(float(s["mean"].iloc[0] - max(s["lo"].iloc[0], floor)), 0)], [float(s["hi"].iloc[0] - s["mean"].iloc[0])]]
             ax.errorbar(s["train_compute"], s["mean"], yerr=err if s["n"].iloc[0] > 1 else None, fmt=markers[i % len(markers)],
                         color=colours[i], label=str(key), ms=6, capsize=3)
-        _axis(ax, "x", xlo, xhi)
+        axis(ax, "x", xlo, xhi)
         ax.set_xlim(xlo, xhi)
-        _axis(ax, "y", floor, top)
+        axis(ax, "y", floor, top)
         ax.set_ylim(floor, top)
         ax.set_title(f"{n} sampling step{'s' if n > 1 else ''}", fontsize=9)
         ax.set_xlabel("training compute (network rows)")
@@ -342,7 +271,7 @@ def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     _legend(axes[0][-1], group_title(df))
     fig.suptitle(f"{title}: FID against training compute (rows through the network, a backward = 2 forwards, "
                  f"teacher included)", fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def hue_column(df: pd.DataFrame) -> str:
@@ -435,7 +364,7 @@ def _numeric(v):
 
 def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     """FID against the swept value, one line each for n = 1, 4 and M; mean and 95 % t-interval over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     key = hue_column(df)
     raw = swept_table(df).attrs["raw"]
     stats = raw.groupby(["at", key])["value"].apply(_interval).unstack().reset_index()
@@ -449,8 +378,8 @@ def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     if numeric:
         values = sorted(stats[key].unique())
         if values[0] > 0 and values[-1] / values[0] >= 4:
-            _axis(ax, "x", values[0], values[-1], log2_ticks=values)
-    _axis(ax, "y", floor, top)
+            axis(ax, "x", values[0], values[-1], log2_ticks=values)
+    axis(ax, "y", floor, top)
     ax.set_ylim(floor, top)
     seeds = int(stats["n"].max())
     ax.set_xlabel(key)
@@ -459,7 +388,7 @@ def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
                  fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax, "at")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def default_out(experiment: str) -> Path:

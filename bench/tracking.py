@@ -188,7 +188,7 @@ class Tracker:
         for n in sorted(fid):
             if n & (n - 1) == 0:
                 self.log_metrics({LOG2_FID: fid[n]}, step=int(math.log2(n)))
-        from bench.report import plot_run_curve
+        from bench.plots import plot_run_curve
 
         with tempfile.TemporaryDirectory() as tmp:
             for path in plot_run_curve(fid, Path(tmp) / "fid_vs_steps.png", title):
