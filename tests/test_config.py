@@ -10,8 +10,12 @@ from bench.errors import BenchError
 
 def test_profile_and_per_method_keys():
     cfg = resolve("shortcut", "digits")
-    assert cfg.data.spec == "digits" and cfg.method.M == 128 and cfg.method.k == 0.25
-    assert resolve("flow_matching", "digits").method.M == 128  # k does not leak into other methods
+    assert cfg.data.spec == "digits" and cfg.method.M == 32 and cfg.method.k == 0.25
+    assert cfg.method.levels == "uniform" and cfg.method.bootstrap_weight == 1  # the paper's recipe
+    assert (cfg.model.arch, cfg.model.hidden, cfg.model.patch) == ("dit", 96, 2)
+    assert resolve("flow_matching", "digits").method.M == 32  # k does not leak into other methods
+    mlp = resolve("shortcut", "digits-mlp")
+    assert (mlp.model.arch, mlp.method.M, mlp.method.levels) == ("mlp", 128, "quarter_large")
 
 
 def test_overrides_bare_and_dotted_and_fractions():

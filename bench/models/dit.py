@@ -26,6 +26,12 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
+# Training on the CPU, sequences up to this length take the plain attention product (digits at patch 2:
+# 16 tokens). Hidden 96, batch 128, 2 threads, interleaved A/B: the training step 0.896x SDPA's; sampling
+# (no grad, batch 2,000) 1.063x, so sampling keeps SDPA.
+SHORT_CPU_SEQUENCE = 64
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -53,7 +59,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if x.is_cuda or N > SHORT_CPU_SEQUENCE or not torch.is_grad_enabled():
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:  # training on the CPU with a few tokens: SDPA's flash backward is the slow part (issue 12)
+            out = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
