@@ -194,7 +194,8 @@ def prepare_latents(
     """Encode images once with a Stable Diffusion VAE into a memory-mapped latents folder."""
     import time
 
-    from bench.latents import prepare_latents as prepare, read_metadata
+    from bench.latents import read_metadata
+    from bench.prepare_latents import prepare_latents as prepare
 
     t0 = time.perf_counter()
     path = prepare(data, vae, out, resolution=resolution, batch_size=batch_size, device=device, workers=workers,

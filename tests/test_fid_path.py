@@ -87,7 +87,7 @@ def test_latent_samples_are_decoded_with_the_vae_and_compared_with_the_real_imag
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from bench.latents import prepare_latents
+    from bench.prepare_latents import prepare_latents
 
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
