@@ -50,7 +50,8 @@ def run(
     from bench.config import resolve
 
     cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
-    from bench.run import execute, find_unfinished_run
+    from bench.run import execute
+    from bench.session import find_unfinished_run
 
     run_id = None
     if resume:
@@ -83,7 +84,8 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Continue an interrupted run from its last checkpoint, in the same MLflow run."""
-    from bench.run import config_of_run, execute
+    from bench.run import execute
+    from bench.session import config_of_run
 
     cfg, experiment = config_of_run(run_id)
     _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=_progress(quiet),

@@ -23,7 +23,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -130,10 +130,11 @@ def _warn_if_short(cfg: Config, gpus: int, cpus: int, echo) -> None:
              f"trial, leave them to the workers (e.g. tune.with_resources(trainable, {{'CPU': 0}})).")
 
 
-def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bool = True, echo=print
-                      ) -> dict[int, dict[str, float]]:
+def fit_data_parallel(p, experiment: str, run_id: str, uri: str, worker: Callable[[dict[str, Any]], Any], *,
+                      progress: bool = True, echo=print) -> dict[int, dict[str, float]]:
     """Train and evaluate the prepared run `p` on train.workers Ray Train workers; rank 0 logs to the
-    existing MLflow run `run_id` and evaluates. Returns n -> metrics from rank 0."""
+    existing MLflow run `run_id` and evaluates. Returns n -> metrics from rank 0.
+    worker(loop_config): what each worker runs (bench.run.data_parallel_worker), a module-level function."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
@@ -155,7 +156,7 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bo
             "store": str(store_root()), "cwd": os.getcwd(), "gpus": gpus, "threads": cpus, "progress": progress,
             # the driver's initial weights and method state (a student may start from its teacher)
             "model_state": {k: v.detach().cpu() for k, v in p.model.state_dict().items()},
-            "method_state": p.method.state_dict(), "teacher": teacher,
+            "method_state": p.method.state_dict(), "teacher": teacher, "worker": worker,
         }
         trainer = TorchTrainer(
             _worker_loop,
@@ -188,7 +189,7 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bo
         return result.return_value
 
 
-class _EchoingTracker:
+class EchoingTracker:
     """Rank 0's tracker: logs as usual and prints a line per training interval (at most every
     PROGRESS_EVERY_S) and per evaluation, since Ray forwards whole lines (a tqdm bar would arrive
     only at its end)."""
@@ -214,36 +215,10 @@ class _EchoingTracker:
 
 
 def _worker_loop(config: dict[str, Any]) -> dict[int, dict[str, float]]:
-    """One Ray Train worker: rebuild the run, train in lockstep; rank 0 logs, checkpoints, evaluates."""
+    """One Ray Train worker: the driver's paths, then the run's own worker function (bench.run's)."""
     # paths as the driver sees them (Ray Train moves workers into its own run folder)
     os.environ["BENCH_STORE"] = config["store"]
     os.environ["MLFLOW_TRACKING_URI"] = config["uri"]
     if os.path.isdir(config["cwd"]):
         os.chdir(config["cwd"])
-    import ray.train
-    import ray.train.torch
-
-    from bench import checkpoint as ckpt
-    from bench.run import checkpoint_dir, prepare, train_and_evaluate
-    from bench.tracking import Tracker
-
-    torch.set_num_threads(config["threads"])
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device() if config["gpus"] else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    cfg = Config.from_dict(config["cfg"])
-    teacher = config["teacher"].to(device) if config["teacher"] is not None else None
-    p = prepare(cfg, progress=False, teacher=teacher, device=device)
-    p.model.load_state_dict(config["model_state"])
-    p.method.load_state_dict(config["method_state"])
-    # a checkpoint of this run exists when resuming or when Ray Train restarts the workers
-    state_path = checkpoint_dir(config["run_id"]) / "last.pt"
-    resume_state = ckpt.load(state_path) if state_path.is_file() else None
-    tracker = None
-    if rank == 0:
-        tracker = Tracker(config["experiment"], resume_run_id=config["run_id"], uri=config["uri"])
-        if config["progress"]:
-            tracker = _EchoingTracker(tracker, cfg.train.steps)
-    return train_and_evaluate(p, config["run_id"], tracker, resume_state, progress=False,
-                              echo=lambda s: print(s, flush=True), distributed=True)
+    return config["worker"](config)

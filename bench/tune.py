@@ -492,7 +492,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
     from bench import checkpoint as ckpt
     from bench.config import Config
-    from bench.run import checkpoint_dir, evaluate_checkpoint, execute
+    from bench.run import evaluate_checkpoint, execute
+    from bench.session import checkpoint_dir
     from bench.tracking import client
 
     trial, experiment, parent = config["trial"], config["experiment"], config["parent_run_id"]
@@ -634,7 +635,8 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
               progress: bool = True, echo=print) -> SweepOutcome:
     """Run the plan on Ray Tune; returns every point's run. `address`: an existing cluster
     (default $RAY_ADDRESS); without one a local Ray is started for this call and shut down after."""
-    from bench.tracking import Tracker, check_reachable, client, ensure_experiment, git_commit, store_root, tracking_uri
+    from bench.session import RunSession
+    from bench.tracking import Tracker, check_reachable, ensure_experiment, git_commit, store_root, tracking_uri
 
     t0 = time.time()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -665,8 +667,7 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
                                 "sweep.keys": ",".join(plan.report_keys), "method": plan.method,
                                 "profile": plan.base.profile, "git_commit": git_commit()})
         parent_id = tracker.run_id
-        status = "FAILED"
-        try:
+        with RunSession(tracker, lock=False, before_end=lambda: _stop_children(plan, parent_id, uri)) as parent:
             swept = set(plan.keys)
             tracker.log_params({
                 "sweep.files": ",".join(str(s.path) for s in plan.sweeps),
@@ -716,13 +717,8 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
                 )
             tuner.fit()
             rows = sweep_rows(plan, parent_id, uri)
-            status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            _stop_children(plan, parent_id, uri)
-            tracker.end(status)
+            parent.status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
+    status = parent.status
     out = SweepOutcome(parent_id, plan.experiment, uri, status, rows, time.time() - t0, plan.notes)
     if status != "FINISHED":
         bad = sum(r["status"] != "FINISHED" for r in rows)
