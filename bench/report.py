@@ -40,10 +40,10 @@ CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (see
 
 def open_store(uri: str | None = None):
     """An MlflowClient on an existing store; reporting never creates one."""
-    from bench.tracking import client, is_local_sqlite, tracking_uri
+    from bench.tracking import client, is_local_sqlite, sqlite_path, tracking_uri
 
     uri = uri or tracking_uri()
-    if is_local_sqlite(uri) and not Path(uri[len("sqlite:///"):]).is_file():
+    if is_local_sqlite(uri) and not sqlite_path(uri).is_file():
         raise BenchError(f"No tracking store at {uri}; run `bench run` first (or set BENCH_STORE / MLFLOW_TRACKING_URI).")
     return client(uri)
 

@@ -112,11 +112,11 @@ def from_checkpoint_state(state: dict[str, Any], student: Config, data, device, 
 
 def load_from_run(run_id: str, student: Config, data, device, source: str = "run") -> Teacher:
     """A finished run's artifact checkpoint/final.pt."""
-    from bench.tracking import client, is_local_sqlite, tracking_uri
+    from bench.tracking import client, is_local_sqlite, sqlite_path, tracking_uri
 
     uri = tracking_uri()
     missing = f"Teacher {run_id!r} is neither a checkpoint file nor a run in the tracking store {uri}."
-    if is_local_sqlite(uri) and not Path(uri[len("sqlite:///"):]).is_file():
+    if is_local_sqlite(uri) and not sqlite_path(uri).is_file():
         raise BenchError(missing)  # no store yet: nothing to look up (and none is created by looking)
     c = client(uri)
     try:

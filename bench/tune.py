@@ -251,17 +251,6 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def canonical_key(key: str, method_name: str) -> str:
-    """`section.key` or `seed`; a bare key that names exactly one field is accepted, as in --set."""
-    from bench.config import SECTIONS, _field_types, resolve_key
-    from methods import get_method
-
-    types = {s: _field_types(c) for s, c in SECTIONS.items()}
-    types["method"] = _field_types(get_method(method_name).Options)
-    valid = [f"{s}.{k}" for s in types for k in types[s]] + ["seed"]
-    return resolve_key(key, types, method_name, valid)
-
-
 def decide_time(key: str, said: str, method_cls: type, where: Path, options=None) -> tuple[str, str | None]:
     """(training | sampling, a note when the method overrides the file); options: the base config's method options."""
     section, _, name = key.partition(".")
@@ -290,7 +279,7 @@ def build_plan(method: str, profile: str | None = None, overrides: list = (), sw
                data_spec: str | None = None, seed: int | None = None, config_path: Path | None = None,
                experiment: str | None = None) -> Plan:
     """Every trial's configuration, resolved and checked; nothing is written."""
-    from bench.config import load_toml, parse_overrides, resolve
+    from bench.config import canonical_key, load_toml, parse_overrides, resolve
     from methods import get_method
 
     if not sweeps:
