@@ -154,14 +154,9 @@ def digits_classifier(
     epochs: int = typer.Option(40, "--epochs"),
 ):
     """Retrain the digits feature extractor reproducibly and print its held-out accuracy."""
-    import torch
-
     from bench.digits_classifier import train_classifier
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    r = train_classifier(seed=seed, epochs=epochs, out=out)
-    typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
-               f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+    _retrain_digits_net(train_classifier, seed, epochs, out)
 
 
 @app.command("digits-probe")
@@ -171,12 +166,16 @@ def digits_probe(
     epochs: int = typer.Option(30, "--epochs"),
 ):
     """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network)."""
-    import torch
-
     from bench.digits_probe import train_probe
 
+    _retrain_digits_net(train_probe, seed, epochs, out)
+
+
+def _retrain_digits_net(train, seed: int, epochs: int, out: Optional[Path]) -> None:
+    import torch
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    r = train_probe(seed=seed, epochs=epochs, out=out)
+    r = train(seed=seed, epochs=epochs, out=out)
     typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
                f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
 

@@ -27,7 +27,6 @@ import copy
 import inspect
 import math
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import BenchError
+from bench.evaluate import sync, timed
+from methods.base import step_cost
 
 # cost of one row, in units of a no-grad forward pass of one row (backward ~ 2 forwards)
-PASS_COST = {"forward_rows": 1.0, "backward_rows": 2.0, "nograd_rows": 1.0}
 BASELINE = "flow_matching"
 
 # dense tensor-core peaks in TFLOP/s: (bf16, tf32, fp32 without tensor cores); most specific name first
@@ -55,11 +55,6 @@ PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def step_cost(passes: dict[str, float]) -> float:
-    """Cost of one training step in no-grad forward rows (forward 1, backward 2, no-grad 1)."""
-    return sum(PASS_COST.get(k, 0.0) * float(v) for k, v in passes.items())
 
 
 def predicted_ratio(passes: dict[str, float], baseline: dict[str, float]) -> float:
@@ -149,17 +144,8 @@ def write_random_inception(path: Path, seed: int = 0) -> Path:
     return atomic_write(Path(path), lambda fh: torch.save(net.state_dict(), fh))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
+    return timed(fn, device)[0]
 
 
 def _repetitions(fn: Callable[[], Any], device: torch.device, block_seconds: float = 0.1) -> int:
@@ -298,7 +284,7 @@ def time_training(s: Setup, rounds: int = 7, steps_per_round: int = 5, warmup: i
         tr.model.train()
         first[n] = _seconds(lambda: tr.run_steps(1), s.device)
         tr.run_steps(max(warmup - 1, 0))
-        _sync(s.device)
+        sync(s.device)
         tr.discard_losses()
         log(f"  warmed up {n}: first step {first[n]:.3g} s")
     names = list(trainers)

@@ -8,7 +8,7 @@ x_t + d f lands at x_{t+d}; y = null (index num_classes) is the unconditional to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -116,7 +116,7 @@ class Method:
         """Called after the optimiser and EMA update of `step` (teacher refresh, curricula)."""
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
-        """Rows through the network per training step: forward with grad, backward, and no-grad."""
+        """Rows through the network per training step: forward with grad, backward, and no-grad (priced by step_cost)."""
         return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 0}
 
     def state_dict(self) -> dict[str, Any]:
@@ -194,3 +194,19 @@ def full(value: float, like: Tensor) -> Tensor:
 def check_fraction(name: str, value: float, low_open: bool = True) -> None:
     if not (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0):
         raise BenchError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value}.")
+
+
+def euler(x: Tensor, v: Callable[[Tensor, Tensor], Tensor], n: int) -> Tensor:
+    """n Euler steps of dx/dt = v(x, t) from t = 0 to 1 (t as a (B,) tensor)."""
+    for i in range(n):
+        x = x + v(x, full(i / n, x)) / n
+    return x
+
+
+# the cost model of `bench speed` and `bench report`: a backward costs two forwards, a no-grad row one
+PASS_COST = {"forward_rows": 1.0, "backward_rows": 2.0, "nograd_rows": 1.0}
+
+
+def step_cost(passes: dict[str, float]) -> float:
+    """Cost of one training step in no-grad forward rows (forward 1, backward 2, no-grad 1)."""
+    return sum(PASS_COST.get(k, 0.0) * float(v) for k, v in passes.items())
