@@ -121,12 +121,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        from methods import get_method
+        from methods import get_method, legacy_d_scale
 
         method_cls = get_method(d["method_name"])
         d = {**d, "model": dict(d["model"])}
         if "d_scale" not in d["model"]:  # stored before the key existed: the scale it was trained with
-            d["model"]["d_scale"] = method_cls.legacy_d_scale(d["method"])
+            d["model"]["d_scale"] = legacy_d_scale(d["method_name"], d["method"])
         return cls(
             method_name=d["method_name"],
             profile=d["profile"],

@@ -181,7 +181,7 @@ class TeacherPlan:
         if module is not None:
             frozen = freeze(module.to(p.device))
             return cls(Teacher(frozen, "given", ckpt.state_hash(frozen.state_dict())))
-        spec = getattr(p.cfg.method, "teacher", "")
+        spec = p.cfg.method.teacher  # a method that needs a teacher has TeacherOptions
         return cls(load_teacher(spec, p.cfg, p.data, p.device) if spec else None)
 
     def provide(self, p, tracker, experiment: str, train: Callable[..., Any], progress: bool = True, echo=print

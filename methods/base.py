@@ -64,6 +64,13 @@ class MethodOptions:
         """Raise BenchError for values this method cannot use."""
 
 
+@dataclass
+class TeacherOptions(MethodOptions):
+    """Options of a method that needs a teacher (Method.needs_teacher): where it comes from."""
+
+    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+
+
 class Method:
     """Base class. A method builds training targets and takes one of n sampling steps.
 
@@ -85,11 +92,6 @@ class Method:
     def is_sampling_time(cls, name: str, options: MethodOptions) -> bool:
         """Whether option `name` is read only when sampling, under these resolved options (sweeps ask)."""
         return name in cls.sampling_time_options
-
-    @classmethod
-    def legacy_d_scale(cls, options: dict) -> float:
-        """model.d_scale of a stored config written before the key existed: d was embedded at 1000."""
-        return 1000.0
 
     def __init__(self, opts: MethodOptions, num_classes: int, teacher: nn.Module | None = None, train_steps: int = 0):
         self.opts = opts

@@ -66,17 +66,18 @@ def average_velocity_jvp(net, x, t, d, y, v, time_input_scale: float = 1.0):
         return jvp(lambda x_, t_, d_: net(x_, s * t_, d_, y), (x, t, d), (v, torch.ones_like(t), -torch.ones_like(d)))
 
 
+
+def legacy_d_scale(options: dict) -> float:
+    """model.d_scale of a config stored before the key existed: MeanFlow fed the network s * d into the
+    1000 embedding, so d was embedded at 1000 s."""
+    return 1000.0 * float(options.get("time_input_scale", 1.0))
+
 class MeanFlow(Method):
     """Average-velocity model trained through the MeanFlow identity (JVP); Euler at d = 1/n."""
 
     name = "meanflow"
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
     Options = MeanFlowOptions
-
-    @classmethod
-    def legacy_d_scale(cls, options: dict) -> float:
-        # before model.d_scale, MeanFlow fed the network s * d into the 1000 embedding: d at 1000 s
-        return 1000.0 * float(options.get("time_input_scale", 1.0))
 
     def num_mean_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.mean_fraction))

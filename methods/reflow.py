@@ -27,15 +27,14 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
-from methods.base import (Batch, Method, MethodOptions, Targets, check_fraction, euler, full, grid_times, interpolate,
-                          velocity)
+from methods.base import (Batch, Method, MethodOptions, Targets, TeacherOptions, check_fraction, euler, full, grid_times,
+                          interpolate, velocity)
 
 PAIR_CHUNK = 4096  # rows per teacher call while generating pairs
 
 
 @dataclass
-class ReflowOptions(MethodOptions):
-    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+class ReflowOptions(TeacherOptions):
     num_pairs: int = 50_000  # (x0, x1_hat) pairs generated with the teacher at M steps, over all labels
     pair_seed: int = 0  # seed of the pairs' noise (fixed, so a resume regenerates the same pairs)
 
