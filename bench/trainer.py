@@ -40,7 +40,7 @@ class _CloneOutput(nn.Module):
         self.fn = fn
 
     @property
-    def _orig_mod(self) -> nn.Module:  # the eager module, as torch.compile's wrapper exposes it (methods unwrap it)
+    def _orig_mod(self) -> nn.Module:  # the eager module, where torch.compile's wrapper exposes it
         return self.fn._orig_mod
 
     def forward(self, *args):
@@ -106,6 +106,7 @@ class Trainer:
         # the regressed forward; under DDP its backward averages the gradients over ranks (methods
         # build targets without gradients from the bare module, so they never see the wrapper)
         self.ftrain = self.fmodel
+        method.bind_eager({self.fmodel: self.model, self.fema: self.ema})  # what a method copies or differentiates
         if distributed:
             ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
             self.ftrain = compiled(ddp, tc.compile_mode) if tc.compile else ddp

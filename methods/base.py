@@ -128,6 +128,17 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    # the trainer's (maybe compiled) views -> the eager modules behind them; see eager()
+    _eager_views: dict[int, nn.Module] = {}
+
+    def bind_eager(self, views: dict[nn.Module, nn.Module]) -> None:
+        """The trainer says which eager module each view it passes to `targets` stands for."""
+        self._eager_views = {id(view): module for view, module in views.items()}
+
+    def eager(self, net: nn.Module) -> nn.Module:
+        """The eager module behind a view `targets` was given (copies and JVPs need the module, not a compiled wrapper)."""
+        return self._eager_views.get(id(net), net)
+
     # -- optional: data-dependent parts and an auxiliary loss (CFD, RDD) ------------------
     def setup(self, data, device: torch.device) -> None:
         """Check that the method can train on `data` (a bench.data.Dataset) and build what it owns

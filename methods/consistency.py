@@ -117,7 +117,7 @@ class _Consistency(Method):
         if self.live_target:
             return model
         if self._target_net is None:
-            self._target_net = copy.deepcopy(getattr(model, "_orig_mod", model)).requires_grad_(False).eval()
+            self._target_net = copy.deepcopy(self.eager(model)).requires_grad_(False).eval()
             if self._pending is not None:
                 self._target_net.load_state_dict(self._pending)
                 self._pending = None

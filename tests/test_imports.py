@@ -99,12 +99,3 @@ def test_the_check_sees_a_cycle_through_a_function_level_import(tmp_path):
     graph = import_graph(tmp_path, ("bench",))
     assert "bench.a" in graph["bench.d"]  # a relative import resolves to the module
     assert cycles(graph) == [["bench.a", "bench.b", "bench.c"]]
-
-
-def test_every_method_that_needs_a_teacher_names_it_in_its_options():
-    from methods import METHODS
-    from methods.base import TeacherOptions
-
-    needy = [c for c in METHODS.values() if c.needs_teacher]
-    assert needy  # progressive, reflow, consistency distillation, ...
-    assert [c.name for c in needy if not issubclass(c.Options, TeacherOptions)] == []
