@@ -14,16 +14,12 @@ every node: install bench on each node and use shared paths (or an MLflow server
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -75,49 +71,6 @@ def check_request(cfg: Config) -> str:
     return f"{'cuda' if gpus else 'cpu'} x {tc.workers} workers ({'nccl' if gpus else 'gloo'})"
 
 
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def ray_session() -> Iterator[bool]:
-    """Ray for one data-parallel run; yields whether it was started here (then it is shut down after)."""
-    import ray
-
-    if ray.is_initialized():  # inside a Tune trial or a script's Ray: use it, leave it running
-        yield False
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
-        try:
-            yield False
-        finally:
-            ray.shutdown()  # disconnects; the cluster keeps running
-        return
-    # a short own temp dir (unix socket paths are limited to 107 bytes) keeps clear of other Rays here;
-    # quiet Ray's own actors (without the dashboard its state API warns every second) and skip the
-    # preemption watcher, which means nothing on one machine
-    tmp = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    with _env({"RAY_LOGGER_LEVEL": "error", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}):
-        try:
-            ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
-                     include_dashboard=False, _temp_dir=tmp, logging_level=logging.WARNING)
-            yield True
-        finally:
-            ray.shutdown()
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _warn_if_short(cfg: Config, gpus: int, cpus: int, echo) -> None:
     """A joined Ray may lack what the workers ask for (busy, or waiting for its autoscaler): say so."""
     import ray
@@ -135,10 +88,10 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, worker: Callabl
     """Train and evaluate the prepared run `p` on train.workers Ray Train workers; rank 0 logs to the
     existing MLflow run `run_id` and evaluates. Returns n -> metrics from rank 0.
     worker(loop_config): what each worker runs (bench.run.data_parallel_worker), a module-level function."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.config import LoggingConfig
-    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from bench.ray_session import RaySession
 
     from bench.tracking import store_root
 
@@ -147,7 +100,8 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, worker: Callabl
     teacher = p.method.teacher
     if teacher is not None and next(teacher.parameters(), torch.empty(0)).device.type != "cpu":
         teacher = copy.deepcopy(teacher).cpu()  # workers move it to their own device
-    with ray_session() as local:
+    with RaySession.for_data_parallel() as session:
+        local = session.started
         cpus = cpus_per_worker(cfg, local)
         if not local:
             _warn_if_short(cfg, gpus, cpus, echo)

@@ -145,6 +145,10 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
     if resume:
         find_unfinished_sweep(plan, uri)  # fail before starting Ray when there is nothing to resume
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no boxed tables; we print one line per trial
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # a checkpoint per run id forces a state snapshot (num_to_keep=1): wanted, so no warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     with RaySession(address, num_cpus) as session:
         from ray import tune
 
