@@ -50,7 +50,8 @@ def run(
     from bench.config import resolve
 
     cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
-    from bench.run import execute, find_unfinished_run
+    from bench.run import execute
+    from bench.session import find_unfinished_run
 
     run_id = None
     if resume:
@@ -83,7 +84,8 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Continue an interrupted run from its last checkpoint, in the same MLflow run."""
-    from bench.run import config_of_run, execute
+    from bench.run import execute
+    from bench.session import config_of_run
 
     cfg, experiment = config_of_run(run_id)
     _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=_progress(quiet),
@@ -152,14 +154,9 @@ def digits_classifier(
     epochs: int = typer.Option(40, "--epochs"),
 ):
     """Retrain the digits feature extractor reproducibly and print its held-out accuracy."""
-    import torch
-
     from bench.digits_classifier import train_classifier
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    r = train_classifier(seed=seed, epochs=epochs, out=out)
-    typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
-               f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+    _retrain_digits_net(train_classifier, seed, epochs, out)
 
 
 @app.command("digits-probe")
@@ -169,12 +166,16 @@ def digits_probe(
     epochs: int = typer.Option(30, "--epochs"),
 ):
     """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network)."""
-    import torch
-
     from bench.digits_probe import train_probe
 
+    _retrain_digits_net(train_probe, seed, epochs, out)
+
+
+def _retrain_digits_net(train, seed: int, epochs: int, out: Optional[Path]) -> None:
+    import torch
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    r = train_probe(seed=seed, epochs=epochs, out=out)
+    r = train(seed=seed, epochs=epochs, out=out)
     typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
                f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
 
@@ -194,7 +195,8 @@ def prepare_latents(
     """Encode images once with a Stable Diffusion VAE into a memory-mapped latents folder."""
     import time
 
-    from bench.latents import prepare_latents as prepare, read_metadata
+    from bench.latents import read_metadata
+    from bench.prepare_latents import prepare_latents as prepare
 
     t0 = time.perf_counter()
     path = prepare(data, vae, out, resolution=resolution, batch_size=batch_size, device=device, workers=workers,

@@ -121,12 +121,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        from methods import get_method
+        from methods import get_method, legacy_d_scale
 
         method_cls = get_method(d["method_name"])
         d = {**d, "model": dict(d["model"])}
         if "d_scale" not in d["model"]:  # stored before the key existed: the scale it was trained with
-            d["model"]["d_scale"] = method_cls.legacy_d_scale(d["method"])
+            d["model"]["d_scale"] = legacy_d_scale(d["method_name"], d["method"])
         return cls(
             method_name=d["method_name"],
             profile=d["profile"],
@@ -168,16 +168,36 @@ def load_toml(path: Path | None = None) -> dict[str, Any]:
         raise BenchError(f"Config file {path} is not valid TOML: {e}.") from None
 
 
-def profile_names(doc: dict[str, Any]) -> list[str]:
-    return sorted(doc.get("profiles", {}))
-
-
 # ----------------------------------------------------------------------------- parsing
 
 
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def key_types(method_name: str) -> dict[str, dict[str, Any]]:
+    """section -> key -> type of every config key `method_name` has (its own Options under "method")."""
+    from methods import get_method
+
+    types = {s: _field_types(c) for s, c in SECTIONS.items()}
+    types["method"] = _field_types(get_method(method_name).Options)
+    return types
+
+
+def canonical_key(key: str, method_name: str) -> str:
+    """`section.key` or `seed`; a bare key that names exactly one field is accepted, as in --set."""
+    types = key_types(method_name)
+    return resolve_key(key, types, method_name, [f"{s}.{k}" for s in types for k in types[s]] + ["seed"])
+
+
+def has_key(key: str, method_name: str) -> bool:
+    """Whether `method_name` has the config key (`section.key`, or a bare key some section has), as --set names it."""
+    if key == "seed":
+        return True
+    types = key_types(method_name)
+    section, dot, name = key.partition(".")
+    return name in types.get(section, {}) if dot else any(key in t for t in types.values())
 
 
 def parse_value(key: str, raw: Any, typ: Any) -> Any:
@@ -261,8 +281,7 @@ def resolve(
             f"Unknown profile {profile!r}; known profiles: {', '.join(sorted(profiles))}."
             + _suggest(profile, list(profiles))
         )
-    types = {s: _field_types(c) for s, c in SECTIONS.items()}
-    types["method"] = _field_types(method_cls.Options)
+    types = key_types(method_name)
     from methods.base import MethodOptions
 
     shared_method_keys = set(_field_types(MethodOptions))
@@ -389,8 +408,4 @@ def validate(cfg: Config) -> None:
     if cfg.method.cfg_scale < 0:
         raise BenchError(f"method.cfg_scale must be >= 0, got {cfg.method.cfg_scale}.")
     m.validate()
-
-
-def config_field_names() -> dict[str, list[str]]:
-    return {s: [f.name for f in fields(c)] for s, c in SECTIONS.items()}
 

@@ -9,70 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from bench import latents
 from bench.config import DataConfig
+from bench.dataset import Dataset, ToyModes, label_frequencies
 from bench.digits_arrays import load_digits_arrays
 from bench.errors import BenchError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-@dataclass
-class ToyModes:
-    """What counts as a mode of a 2-D toy: `assign(points) -> (N,) mode index or -1`."""
-
-    count: int
-    assign: Callable[[Tensor], Tensor]
-    description: str
-
-
-class Dataset:
-    """A training set plus what evaluation needs to know about it.
-
-    kind: "points" (2-D toys), "images" (decoded with `to_uint8`), "vectors" (anything else).
-    shape: one sample's shape; num_classes: 0 when unconditional.
-    """
-
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-    num_classes: int = 0
-    modes: ToyModes | None = None
-    latent: ClassVar[bool] = False  # model space is a VAE's latents (images only after decoding)
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def get(self, indices: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(B,) long -> x (B, *shape) float32, y (B,) long or None."""
-        raise NotImplementedError
-
-    def label_probs(self) -> Tensor | None:
-        """Class frequencies (num_classes,) used to draw labels for generated samples."""
-        return None
-
-    def reference(self) -> "Dataset":
-        """The real samples evaluation compares against (the data itself unless said)."""
-        return self
-
-    def fingerprint(self) -> str:
-        """A short hash that changes whenever the data change (cache keys)."""
-        raise NotImplementedError
-
-    def to_uint8(self, x: Tensor) -> Tensor:
-        """Model-space images (B, C, H, W) in [-1, 1] -> uint8 (B, 3, H, W) for feature extractors."""
-        img = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img[:, :3]
-
-    def describe(self) -> str:
-        return f"{self.name}: {len(self)} samples of shape {tuple(self.shape)}, {self.num_classes} classes"
 
 
 class TensorData(Dataset):
@@ -96,10 +46,7 @@ class TensorData(Dataset):
         return self.x[indices], (self.y[indices] if self.y is not None else None)
 
     def label_probs(self):
-        if self.y is None or self.num_classes == 0:
-            return None
-        counts = torch.bincount(self.y, minlength=self.num_classes).float()
-        return counts / counts.sum()
+        return label_frequencies(self.y, self.num_classes)
 
     def reference(self):
         return self._reference or self
@@ -257,10 +204,7 @@ class ImageFolder(Dataset):
         return x, (self.labels[idx] if self.labels is not None else None)
 
     def label_probs(self):
-        if self.labels is None:
-            return None
-        c = torch.bincount(self.labels, minlength=self.num_classes).float()
-        return c / c.sum()
+        return label_frequencies(self.labels, self.num_classes)
 
     def fingerprint(self):
         h = hashlib.sha256(f"res={self.resolution}".encode())
@@ -310,9 +254,7 @@ def load_npz(path: str, cfg: DataConfig) -> Dataset:
 
 def load_latents(path: str, cfg: DataConfig) -> Dataset:
     """`latents:DIR`, written by `bench prepare-latents` (bench/latents.py)."""
-    from bench.latents import load_latents as load
-
-    return load(path, cfg)
+    return latents.load_latents(path, cfg, load_dataset)
 
 
 LOADERS: dict[str, Callable[[str, DataConfig], Dataset]] = {

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.errors import BenchError
+from bench.digits_nets import load_weights, train_on_digits
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "assets" / "digits_classifier.npz"
 FEATURE_DIM = 128
@@ -47,57 +45,10 @@ def uint8_to_input(img: Tensor) -> Tensor:
 
 
 def load_classifier(path: Path | str = WEIGHTS_PATH) -> DigitsClassifier:
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"Digits classifier weights {path} are missing; run `bench digits-classifier` to train them.")
-    try:
-        with np.load(path) as f:
-            state = {k: torch.from_numpy(f[k]) for k in f.files}
-        model = DigitsClassifier()
-        model.load_state_dict(state, strict=True)
-    except Exception as e:
-        raise BenchError(f"Digits classifier weights {path} are unreadable or do not fit the network ({type(e).__name__}).") from None
-    return model.eval().requires_grad_(False)
+    return load_weights(DigitsClassifier(), path, "Digits classifier", "digits-classifier")
 
 
 def train_classifier(seed: int = 0, epochs: int = 40, out: Path | None = None) -> dict[str, float]:
     """Train on a stratified 80 % split (fixed seed) with small shifts as augmentation; report the
     held-out accuracy; write the weights atomically as .npz. Deterministic on the CPU."""
-    from sklearn.model_selection import train_test_split
-
-    from bench.checkpoint import atomic_write, state_hash
-    from bench.digits_arrays import load_digits_arrays
-
-    images, labels = load_digits_arrays()
-    x = torch.from_numpy(images / 8.0 - 1.0)[:, None]
-    y = torch.from_numpy(labels)
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=seed, stratify=labels)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = DigitsClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    xtr, ytr = x[idx_train], y[idx_train]
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(ytr), generator=g)
-        for i in range(0, len(perm), 64):
-            b = perm[i : i + 64]
-            xb = xtr[b]
-            # one-pixel shifts (zero = background -1) so features do not hinge on exact alignment
-            dx, dy = (torch.randint(-1, 2, (2,), generator=g)).tolist()
-            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
-            loss = F.cross_entropy(model(xb), ytr[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x[idx_test]).argmax(1) == y[idx_test]).float().mean().item()
-        train_acc = (model(xtr).argmax(1) == ytr).float().mean().item()
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    out = Path(out) if out else WEIGHTS_PATH
-    atomic_write(out, lambda fh: np.savez(fh, **state))
-    return {"heldout_accuracy": acc, "train_accuracy": train_acc, "num_heldout": len(idx_test),
-            "weights_sha256": state_hash(model.state_dict()), "path": str(out)}
+    return train_on_digits(DigitsClassifier, seed, epochs, 2e-3, Path(out) if out else WEIGHTS_PATH)

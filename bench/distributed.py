@@ -14,16 +14,12 @@ every node: install bench on each node and use shared paths (or an MLflow server
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -75,49 +71,6 @@ def check_request(cfg: Config) -> str:
     return f"{'cuda' if gpus else 'cpu'} x {tc.workers} workers ({'nccl' if gpus else 'gloo'})"
 
 
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def ray_session() -> Iterator[bool]:
-    """Ray for one data-parallel run; yields whether it was started here (then it is shut down after)."""
-    import ray
-
-    if ray.is_initialized():  # inside a Tune trial or a script's Ray: use it, leave it running
-        yield False
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
-        try:
-            yield False
-        finally:
-            ray.shutdown()  # disconnects; the cluster keeps running
-        return
-    # a short own temp dir (unix socket paths are limited to 107 bytes) keeps clear of other Rays here;
-    # quiet Ray's own actors (without the dashboard its state API warns every second) and skip the
-    # preemption watcher, which means nothing on one machine
-    tmp = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    with _env({"RAY_LOGGER_LEVEL": "error", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}):
-        try:
-            ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
-                     include_dashboard=False, _temp_dir=tmp, logging_level=logging.WARNING)
-            yield True
-        finally:
-            ray.shutdown()
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _warn_if_short(cfg: Config, gpus: int, cpus: int, echo) -> None:
     """A joined Ray may lack what the workers ask for (busy, or waiting for its autoscaler): say so."""
     import ray
@@ -130,14 +83,15 @@ def _warn_if_short(cfg: Config, gpus: int, cpus: int, echo) -> None:
              f"trial, leave them to the workers (e.g. tune.with_resources(trainable, {{'CPU': 0}})).")
 
 
-def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bool = True, echo=print
-                      ) -> dict[int, dict[str, float]]:
+def fit_data_parallel(p, experiment: str, run_id: str, uri: str, worker: Callable[[dict[str, Any]], Any], *,
+                      progress: bool = True, echo=print) -> dict[int, dict[str, float]]:
     """Train and evaluate the prepared run `p` on train.workers Ray Train workers; rank 0 logs to the
-    existing MLflow run `run_id` and evaluates. Returns n -> metrics from rank 0."""
-    from ray.train import RunConfig, ScalingConfig
+    existing MLflow run `run_id` and evaluates. Returns n -> metrics from rank 0.
+    worker(loop_config): what each worker runs (bench.run.data_parallel_worker), a module-level function."""
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.config import LoggingConfig
-    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from bench.ray_session import RaySession
 
     from bench.tracking import store_root
 
@@ -146,7 +100,8 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bo
     teacher = p.method.teacher
     if teacher is not None and next(teacher.parameters(), torch.empty(0)).device.type != "cpu":
         teacher = copy.deepcopy(teacher).cpu()  # workers move it to their own device
-    with ray_session() as local:
+    with RaySession.for_data_parallel() as session:
+        local = session.started
         cpus = cpus_per_worker(cfg, local)
         if not local:
             _warn_if_short(cfg, gpus, cpus, echo)
@@ -155,7 +110,7 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bo
             "store": str(store_root()), "cwd": os.getcwd(), "gpus": gpus, "threads": cpus, "progress": progress,
             # the driver's initial weights and method state (a student may start from its teacher)
             "model_state": {k: v.detach().cpu() for k, v in p.model.state_dict().items()},
-            "method_state": p.method.state_dict(), "teacher": teacher,
+            "method_state": p.method.state_dict(), "teacher": teacher, "worker": worker,
         }
         trainer = TorchTrainer(
             _worker_loop,
@@ -188,7 +143,7 @@ def fit_data_parallel(p, experiment: str, run_id: str, uri: str, *, progress: bo
         return result.return_value
 
 
-class _EchoingTracker:
+class EchoingTracker:
     """Rank 0's tracker: logs as usual and prints a line per training interval (at most every
     PROGRESS_EVERY_S) and per evaluation, since Ray forwards whole lines (a tqdm bar would arrive
     only at its end)."""
@@ -214,36 +169,10 @@ class _EchoingTracker:
 
 
 def _worker_loop(config: dict[str, Any]) -> dict[int, dict[str, float]]:
-    """One Ray Train worker: rebuild the run, train in lockstep; rank 0 logs, checkpoints, evaluates."""
+    """One Ray Train worker: the driver's paths, then the run's own worker function (bench.run's)."""
     # paths as the driver sees them (Ray Train moves workers into its own run folder)
     os.environ["BENCH_STORE"] = config["store"]
     os.environ["MLFLOW_TRACKING_URI"] = config["uri"]
     if os.path.isdir(config["cwd"]):
         os.chdir(config["cwd"])
-    import ray.train
-    import ray.train.torch
-
-    from bench import checkpoint as ckpt
-    from bench.run import checkpoint_dir, prepare, train_and_evaluate
-    from bench.tracking import Tracker
-
-    torch.set_num_threads(config["threads"])
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device() if config["gpus"] else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    cfg = Config.from_dict(config["cfg"])
-    teacher = config["teacher"].to(device) if config["teacher"] is not None else None
-    p = prepare(cfg, progress=False, teacher=teacher, device=device)
-    p.model.load_state_dict(config["model_state"])
-    p.method.load_state_dict(config["method_state"])
-    # a checkpoint of this run exists when resuming or when Ray Train restarts the workers
-    state_path = checkpoint_dir(config["run_id"]) / "last.pt"
-    resume_state = ckpt.load(state_path) if state_path.is_file() else None
-    tracker = None
-    if rank == 0:
-        tracker = Tracker(config["experiment"], resume_run_id=config["run_id"], uri=config["uri"])
-        if config["progress"]:
-            tracker = _EchoingTracker(tracker, cfg.train.steps)
-    return train_and_evaluate(p, config["run_id"], tracker, resume_state, progress=False,
-                              echo=lambda s: print(s, flush=True), distributed=True)
+    return config["worker"](config)

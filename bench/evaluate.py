@@ -36,14 +36,18 @@ class EvalResult:
     seconds: float
 
 
-def _timed(fn, device: torch.device):
-    """(seconds, result) of one call of fn, with the device's queue drained before and after."""
+def sync(device: torch.device) -> None:
+    """Drain the device's queue (timings must not end while kernels still run)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device):
+    """(seconds, result) of one call of fn, with the device's queue drained before and after."""
+    sync(device)
     t0 = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - t0, out
 
 
@@ -192,14 +196,14 @@ class Evaluator:
         y = draw_labels(b, self.data.num_classes, self.data.label_probs(), g, self.device)
         images = self.space.extractor is not None
 
-        first_s = _timed(lambda: self.features(self.images(sample(method, em, x0, y, 1, g))) if images
+        first_s = timed(lambda: self.features(self.images(sample(method, em, x0, y, 1, g))) if images
                          else sample(method, em, x0, y, 1, g), self.device)[0]
-        sample_s, x = _timed(lambda: sample(method, em, x0, y, 1, g), self.device)
-        step_s = {n: _timed(lambda: method.sample_step(em, x0, 0.0, n, y, g), self.device)[0] for n in steps if n != 1}
-        features_s = _timed(lambda: self.features(self.images(x)), self.device)[0] if images else 0.0
+        sample_s, x = timed(lambda: sample(method, em, x0, y, 1, g), self.device)
+        step_s = {n: timed(lambda: method.sample_step(em, x0, 0.0, n, y, g), self.device)[0] for n in steps if n != 1}
+        features_s = timed(lambda: self.features(self.images(x)), self.device)[0] if images else 0.0
         model.train(was_training)
         cached = not images or self._ref_feats is not None or (self.cache_dir / self.cache_name()).is_file()
-        reference_s, ref = _timed(self.reference_features, self.device)
+        reference_s, ref = timed(self.reference_features, self.device)
         if cached:
             reference_s = 0.0
         # the distances at the real sizes: N rows drawn from the reference's features stand in for the samples
@@ -207,7 +211,7 @@ class Evaluator:
         fake = fake + 1e-3 * np.random.default_rng(1).standard_normal(fake.shape) * (ref.std() + 1e-12)
         fake_t = torch.from_numpy(fake).float().to(self.device)
         self._distances(fake_t[:50], ref[:50])  # first calls import torch-fidelity / scipy: seconds that are not per n
-        distance_s = _timed(lambda: self._distances(fake_t, ref), self.device)[0]
+        distance_s = timed(lambda: self._distances(fake_t, ref), self.device)[0]
         warmup_s = max(first_s - sample_s - features_s, 0.0)
         output_s = self._time_output(x, y, ref)
         return EvalEstimate(ec.num_samples, b, list(steps), sample_s, features_s, reference_s, str(self.device),

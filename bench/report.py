@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.plots import axis, pyplot, save
+from methods.base import step_cost
 
 EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
 SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
@@ -40,10 +41,10 @@ CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (see
 
 def open_store(uri: str | None = None):
     """An MlflowClient on an existing store; reporting never creates one."""
-    from bench.tracking import client, is_local_sqlite, tracking_uri
+    from bench.tracking import client, is_local_sqlite, sqlite_path, tracking_uri
 
     uri = uri or tracking_uri()
-    if is_local_sqlite(uri) and not Path(uri[len("sqlite:///"):]).is_file():
+    if is_local_sqlite(uri) and not sqlite_path(uri).is_file():
         raise BenchError(f"No tracking store at {uri}; run `bench run` first (or set BENCH_STORE / MLFLOW_TRACKING_URI).")
     return client(uri)
 
@@ -170,8 +171,8 @@ def training_compute(params: dict[str, str]) -> float:
 
     def part(prefix: str) -> float:
         steps = float(params.get(f"budget.{prefix}train_steps", 0) or 0)
-        rows = [float(params.get(f"budget.{prefix}{k}_rows_per_step", "nan")) for k in ("forward", "backward", "nograd")]
-        return steps * (rows[0] + 2 * rows[1] + rows[2]) if steps else 0.0
+        rows = {f"{k}_rows": float(params.get(f"budget.{prefix}{k}_rows_per_step", "nan")) for k in ("forward", "backward", "nograd")}
+        return steps * step_cost(rows) if steps else 0.0
 
     return part("") + part("teacher_")
 

@@ -15,9 +15,10 @@ import torch
 from bench import checkpoint as ckpt
 from bench.config import Config
 from bench.data import Dataset, load_dataset
-from bench.errors import BenchError, NonFiniteLoss
+from bench.errors import BenchError
 from bench.evaluate import EvalResult, Evaluator, save_picture, save_samples
 from bench.models import build_model, count_parameters
+from bench.session import RunSession, checkpoint_dir, config_hash, run_is_live
 from bench.trainer import Trainer, pick_device
 from methods import get_method
 from methods.base import Method
@@ -43,91 +44,6 @@ class Prepared:
     evaluator: Evaluator
     method: Method
     model: torch.nn.Module
-
-
-def checkpoint_dir(run_id: str) -> Path:
-    from bench.tracking import store_root
-
-    return store_root() / "checkpoints" / run_id
-
-
-def config_hash(cfg: Config) -> str:
-    """Identifies a configuration (tag `config_hash`): `--resume` finds runs by it."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def find_unfinished_run(cfg: Config, experiment: str) -> str:
-    """The newest run of this configuration in `experiment` that did not finish and that no live
-    process holds (a run killed before its first checkpoint restarts from step 0 in the same run)."""
-    from bench.tracking import client, tracking_uri
-
-    c = client(tracking_uri())
-    exp = c.get_experiment_by_name(experiment)
-    runs = [] if exp is None else c.search_runs(
-        [exp.experiment_id], f"tags.config_hash = '{config_hash(cfg)}'", order_by=["attributes.start_time DESC"])
-    for r in runs:
-        if r.info.status != "FINISHED" and not run_is_live(r.info.run_id):
-            return r.info.run_id
-    raise BenchError(f"No unfinished run of this configuration in experiment {experiment!r}; nothing to resume.")
-
-
-def _lock_path(run_id: str) -> Path:
-    return checkpoint_dir(run_id) / ".lock"
-
-
-def run_is_live(run_id: str) -> bool:
-    """True while a process holds the run's lock (it is training or evaluating right now)."""
-    import fcntl
-
-    path = _lock_path(run_id)
-    if not path.exists():
-        return False
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
-class RunLock:
-    """Held for the whole life of a run; the OS drops it when the process dies (even on SIGKILL)."""
-
-    def __init__(self, run_id: str):
-        self.path = _lock_path(run_id)
-
-    def acquire(self) -> "RunLock":
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise BenchError(f"Run {self.path.parent.name} is still running in another process.") from None
-        return self
-
-    def release(self) -> None:
-        self.fh.close()
-
-
-def config_of_run(run_id: str) -> tuple[Config, str]:
-    """The configuration and experiment name of a run, from its last checkpoint and the store."""
-    from bench.tracking import client, tracking_uri
-
-    state, _ = ckpt.load_latest(checkpoint_dir(run_id) / "last.pt")
-    if state is None:
-        raise BenchError(f"Run {run_id} has no checkpoint under {checkpoint_dir(run_id)}; resume it with `bench run ... --resume`.")
-    c = client(tracking_uri())
-    try:
-        run = c.get_run(run_id)
-    except Exception:
-        raise BenchError(f"Run {run_id} is not in the tracking store {tracking_uri()}.") from None
-    return Config.from_dict(state["config"]), c.get_experiment(run.info.experiment_id).name
 
 
 def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None = None,
@@ -235,13 +151,11 @@ def execute(
             raise BenchError(f"Run {resume_run_id} is still running in another process.")
 
     tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
-    lock = RunLock(tracker.run_id).acquire()  # --resume never picks a run a live process holds
-    status = "FAILED"
-    try:
+    with RunSession(tracker) as session:  # --resume never picks a run a live process holds
         if on_run is not None:
             on_run(tracker.run_id)
         if teacher_plan is not None:
-            extra_params = {**teacher_plan.provide(p, tracker, experiment, progress, echo), **(extra_params or {})}
+            extra_params = {**teacher_plan.provide(p, tracker, experiment, execute, progress, echo), **(extra_params or {})}
         tracker.log_params({**run_params(p), **(extra_params or {})})
         ckpt_path = checkpoint_dir(tracker.run_id) / "last.pt"
         with tempfile.TemporaryDirectory() as tmp:
@@ -251,17 +165,11 @@ def execute(
         if cfg.train.workers > 1:
             from bench.distributed import fit_data_parallel
 
-            results = fit_data_parallel(p, experiment, tracker.run_id, uri, progress=progress, echo=echo)
+            results = fit_data_parallel(p, experiment, tracker.run_id, uri, data_parallel_worker, progress=progress, echo=echo)
         else:
             results = train_and_evaluate(p, tracker.run_id, tracker, resume_state, progress=progress, echo=echo)
-        status = "FINISHED"
+        session.status = "FINISHED"
         return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, ckpt_path, results)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
-        lock.release()
 
 
 def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str, Any] | None = None, *,
@@ -302,6 +210,37 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
     return evaluate_all(p, weights(), tracker, progress=progress, echo=echo)
 
 
+def data_parallel_worker(config: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """One Ray Train worker (bench.distributed runs it): rebuild the run, train in lockstep; rank 0
+    logs, checkpoints, evaluates."""
+    import ray.train
+    import ray.train.torch
+
+    from bench.distributed import EchoingTracker
+    from bench.tracking import Tracker
+
+    torch.set_num_threads(config["threads"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device() if config["gpus"] else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    cfg = Config.from_dict(config["cfg"])
+    teacher = config["teacher"].to(device) if config["teacher"] is not None else None
+    p = prepare(cfg, progress=False, teacher=teacher, device=device)
+    p.model.load_state_dict(config["model_state"])
+    p.method.load_state_dict(config["method_state"])
+    # a checkpoint of this run exists when resuming or when Ray Train restarts the workers
+    state_path = checkpoint_dir(config["run_id"]) / "last.pt"
+    resume_state = ckpt.load(state_path) if state_path.is_file() else None
+    tracker = None
+    if rank == 0:
+        tracker = Tracker(config["experiment"], resume_run_id=config["run_id"], uri=config["uri"])
+        if config["progress"]:
+            tracker = EchoingTracker(tracker, cfg.train.steps)
+    return train_and_evaluate(p, config["run_id"], tracker, resume_state, progress=False,
+                              echo=lambda s: print(s, flush=True), distributed=True)
+
+
 def evaluate_checkpoint(
     cfg: Config,
     checkpoint: Path,
@@ -335,20 +274,14 @@ def evaluate_checkpoint(
     p.method.load_state_dict(state.get("method", {}))
     model = p.model.to(p.device).requires_grad_(False).eval()
     tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
-    status = "FAILED"
-    try:
+    with RunSession(tracker, lock=False) as session:
         if on_run is not None:
             on_run(tracker.run_id)
         tracker.log_params({**run_params(p), "eval.checkpoint": str(checkpoint), "eval.checkpoint_step": state.get("step", ""),
                             "eval.checkpoint_ema_sha256": state.get("ema_sha256", ""), **(extra_params or {})})
         results = evaluate_all(p, model, tracker, progress=progress, echo=echo)
-        status = "FINISHED"
+        session.status = "FINISHED"
         return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, Path(checkpoint), results)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
 
 
 def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = True, echo=print) -> dict[int, dict[str, float]]:

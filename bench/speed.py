@@ -27,7 +27,6 @@ import copy
 import inspect
 import math
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import BenchError
+from bench.evaluate import sync, timed
+from methods.base import step_cost
 
 # cost of one row, in units of a no-grad forward pass of one row (backward ~ 2 forwards)
-PASS_COST = {"forward_rows": 1.0, "backward_rows": 2.0, "nograd_rows": 1.0}
 BASELINE = "flow_matching"
 
 # dense tensor-core peaks in TFLOP/s: (bf16, tf32, fp32 without tensor cores); most specific name first
@@ -55,11 +55,6 @@ PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def step_cost(passes: dict[str, float]) -> float:
-    """Cost of one training step in no-grad forward rows (forward 1, backward 2, no-grad 1)."""
-    return sum(PASS_COST.get(k, 0.0) * float(v) for k, v in passes.items())
 
 
 def predicted_ratio(passes: dict[str, float], baseline: dict[str, float]) -> float:
@@ -149,17 +144,8 @@ def write_random_inception(path: Path, seed: int = 0) -> Path:
     return atomic_write(Path(path), lambda fh: torch.save(net.state_dict(), fh))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
+    return timed(fn, device)[0]
 
 
 def _repetitions(fn: Callable[[], Any], device: torch.device, block_seconds: float = 0.1) -> int:
@@ -196,19 +182,12 @@ def _model_overrides(model: str | None) -> list[tuple[str, str]]:
 
 def _split_overrides(overrides: list[str], names: list[str], profile: str | None, config_path) -> dict[str, list[str]]:
     """--set keys that only some methods have (e.g. k) go to those methods; a key no method has is an error."""
-    from bench.config import load_toml, parse_overrides, resolve
+    from bench.config import has_key, load_toml, parse_overrides, resolve
 
     doc = load_toml(config_path)
     out: dict[str, list[str]] = {n: [] for n in names}
     for key, value in parse_overrides(overrides):
-        takers = []
-        for n in names:
-            try:
-                resolve(n, profile, [(key, value)], doc=doc)
-                takers.append(n)
-            except BenchError as e:
-                if "Unknown config key" not in str(e) and "is not shared" not in str(e):
-                    raise
+        takers = [n for n in names if has_key(key, n)]
         if not takers:
             resolve(names[0], profile, [(key, value)], doc=doc)  # raises the usual one sentence
         for n in takers:
@@ -301,27 +280,21 @@ def time_training(s: Setup, rounds: int = 7, steps_per_round: int = 5, warmup: i
     trainers = {n: build_trainer(cfg, s.data, s.device) for n, cfg in s.configs.items()}
     first: dict[str, float] = {}
 
-    def run_steps(tr, k):
-        for _ in range(k):
-            loss, parts = tr.train_step()
-            tr.step += 1
-            tr._accumulate(loss, parts)  # what the loop does per step (no host sync)
-
     for n, tr in trainers.items():
         tr.model.train()
-        first[n] = _seconds(lambda: run_steps(tr, 1), s.device)
-        run_steps(tr, max(warmup - 1, 0))
-        _sync(s.device)
-        tr._acc, tr._acc_n = {}, 0
+        first[n] = _seconds(lambda: tr.run_steps(1), s.device)
+        tr.run_steps(max(warmup - 1, 0))
+        sync(s.device)
+        tr.discard_losses()
         log(f"  warmed up {n}: first step {first[n]:.3g} s")
     names = list(trainers)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]  # rotate: no method always runs first
         for n in order:
-            times[n].append(_seconds(lambda: run_steps(trainers[n], steps_per_round), s.device) / steps_per_round)
+            times[n].append(_seconds(lambda: trainers[n].run_steps(steps_per_round), s.device) / steps_per_round)
         for tr in trainers.values():
-            tr._acc, tr._acc_n = {}, 0
+            tr.discard_losses()
 
     base_cfg = s.configs[BASELINE]
     B = base_cfg.train.batch_size

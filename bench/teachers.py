@@ -19,14 +19,14 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from bench import checkpoint as ckpt
 from bench.config import Config
 from bench.errors import BenchError
+from bench.session import checkpoint_dir
 
 TEACHER_METHOD = "flow_matching"
 ROLE_TAG = "bench.role"  # "teacher" on a teacher trained inside a student's run
@@ -111,11 +111,11 @@ def from_checkpoint_state(state: dict[str, Any], student: Config, data, device, 
 
 def load_from_run(run_id: str, student: Config, data, device, source: str = "run") -> Teacher:
     """A finished run's artifact checkpoint/final.pt."""
-    from bench.tracking import client, is_local_sqlite, tracking_uri
+    from bench.tracking import client, is_local_sqlite, sqlite_path, tracking_uri
 
     uri = tracking_uri()
     missing = f"Teacher {run_id!r} is neither a checkpoint file nor a run in the tracking store {uri}."
-    if is_local_sqlite(uri) and not Path(uri[len("sqlite:///"):]).is_file():
+    if is_local_sqlite(uri) and not sqlite_path(uri).is_file():
         raise BenchError(missing)  # no store yet: nothing to look up (and none is created by looking)
     c = client(uri)
     try:
@@ -180,20 +180,20 @@ class TeacherPlan:
         if module is not None:
             frozen = freeze(module.to(p.device))
             return cls(Teacher(frozen, "given", ckpt.state_hash(frozen.state_dict())))
-        spec = getattr(p.cfg.method, "teacher", "")
+        spec = p.cfg.method.teacher  # a method that needs a teacher has TeacherOptions
         return cls(load_teacher(spec, p.cfg, p.data, p.device) if spec else None)
 
-    def provide(self, p, tracker, experiment: str, progress: bool = True, echo=print) -> dict[str, Any]:
+    def provide(self, p, tracker, experiment: str, train: Callable[..., Any], progress: bool = True, echo=print
+                ) -> dict[str, Any]:
+        """train: bench.run.execute, passed in (a nested teacher run is a run like any other)."""
         if self.teacher is None:
-            self.teacher = self.train_nested(p, tracker, experiment, progress, echo)
+            self.teacher = self.train_nested(p, tracker, experiment, train, progress, echo)
         p.method.teacher = self.teacher.module
         if p.method.init_from_teacher:
             p.model.load_state_dict(self.teacher.module.state_dict())
         return self.teacher.params(p.cfg)
 
-    def train_nested(self, p, tracker, experiment: str, progress: bool, echo) -> Teacher:
-        from bench.run import checkpoint_dir, execute
-
+    def train_nested(self, p, tracker, experiment: str, train: Callable[..., Any], progress: bool, echo) -> Teacher:
         child = child_teacher_run(tracker)
         if child is not None and child.info.status == "FINISHED":
             echo(f"using the teacher run {child.info.run_id} trained earlier inside run {tracker.run_id}")
@@ -202,7 +202,7 @@ class TeacherPlan:
         tcfg = teacher_config(p.cfg)
         echo(f"{p.cfg.method_name} needs a {TEACHER_METHOD} teacher and none was given (teacher=RUN_ID or a "
              f"checkpoint path): training one first, {tcfg.train.steps} steps, as a nested run of {tracker.run_id}")
-        out = execute(tcfg, experiment, resume_run_id=resume, parent_run_id=tracker.run_id,
+        out = train(tcfg, experiment, resume_run_id=resume, parent_run_id=tracker.run_id,
                       run_name=f"teacher-{p.cfg.method_name}-{p.cfg.data.spec.split('/')[-1]}-s{p.cfg.seed}",
                       extra_tags={ROLE_TAG: "teacher", "teacher_of": tracker.run_id}, progress=progress, echo=echo)
         echo(f"teacher run {out.run_id} finished; reuse it with --set teacher={out.run_id}")

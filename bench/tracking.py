@@ -40,6 +40,11 @@ def is_local_sqlite(uri: str) -> bool:
     return uri.startswith("sqlite:")
 
 
+def sqlite_path(uri: str) -> Path:
+    """The database file of a sqlite:/// URI."""
+    return Path(uri[len("sqlite:///"):])
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """One sentence, before anything is written, when a tracking server does not answer."""
     if uri.startswith(("http://", "https://")):
@@ -51,7 +56,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise BenchError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}).") from None
     elif is_local_sqlite(uri):
-        path = Path(uri[len("sqlite:///"):])
+        path = sqlite_path(uri)
         if not path.parent.exists():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +83,7 @@ def client(uri: str | None = None):
 
     uri = uri or tracking_uri()
     if is_local_sqlite(uri):
-        _create_sqlite_once(Path(uri[len("sqlite:///"):]))
+        _create_sqlite_once(sqlite_path(uri))
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
@@ -115,7 +120,7 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     location = None
     if is_local_sqlite(uri):
-        location = (Path(uri[len("sqlite:///"):]).parent / "artifacts" / name).resolve().as_uri()
+        location = (sqlite_path(uri).parent / "artifacts" / name).resolve().as_uri()
     try:
         return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created meanwhile by another process
@@ -159,10 +164,6 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-
     def log_metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
@@ -199,6 +200,3 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
-
-    def describe(self) -> str:
-        return f"run {self.run_id} in experiment {self.experiment_id} at {self.uri}"

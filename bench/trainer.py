@@ -40,7 +40,7 @@ class _CloneOutput(nn.Module):
         self.fn = fn
 
     @property
-    def _orig_mod(self) -> nn.Module:  # the eager module, as torch.compile's wrapper exposes it (methods unwrap it)
+    def _orig_mod(self) -> nn.Module:  # the eager module, where torch.compile's wrapper exposes it
         return self.fn._orig_mod
 
     def forward(self, *args):
@@ -106,6 +106,7 @@ class Trainer:
         # the regressed forward; under DDP its backward averages the gradients over ranks (methods
         # build targets without gradients from the bare module, so they never see the wrapper)
         self.ftrain = self.fmodel
+        method.bind_eager({self.fmodel: self.model, self.fema: self.ema})  # what a method copies or differentiates
         if distributed:
             ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
             self.ftrain = compiled(ddp, tc.compile_mode) if tc.compile else ddp
@@ -226,6 +227,17 @@ class Trainer:
         self._acc, self._acc_n = {}, 0
         self._last_means = means
 
+    def run_steps(self, k: int) -> None:
+        """k optimiser steps as fit takes them: losses accumulate on the device, no host sync (`bench speed` times this)."""
+        for _ in range(k):
+            loss, parts = self.train_step()
+            self.step += 1
+            self._accumulate(loss, parts)
+
+    def discard_losses(self) -> None:
+        """Forget the losses accumulated since the last log (steps that were only timed)."""
+        self._acc, self._acc_n = {}, 0
+
     def fit(self) -> dict[str, float]:
         """Train from self.step to train.steps; checkpoints every train.checkpoint_every and at the end."""
         from tqdm import tqdm
@@ -237,9 +249,7 @@ class Trainer:
         self._last_means: dict[str, float] = {}
         t0, s0 = time.perf_counter(), self.step
         while self.step < tc.steps:
-            loss, parts = self.train_step()
-            self.step += 1
-            self._accumulate(loss, parts)
+            self.run_steps(1)
             last = self.step == tc.steps
             if self.step % tc.log_every == 0 or last:
                 self._flush()
@@ -298,7 +308,3 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.step = int(state["step"])
         self._reset_accumulators()
-
-    def save(self, path: Path) -> Path:
-        checkpoint.save(self.state_dict(), path)
-        return path

@@ -7,6 +7,7 @@ from methods.base import Batch, Method, MethodOptions, Targets
 from methods.consistency import ConsistencyDistillation, ConsistencyTraining
 from methods.diffusion import Diffusion
 from methods.flow_matching import FlowMatching
+from methods import meanflow
 from methods.meanflow import MeanFlow
 from methods.pd_variants import ClassifierDistillation, RelationalDistillation
 from methods.progressive import Progressive
@@ -28,6 +29,15 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+# model.d_scale of a config stored before the key existed: d was embedded at 1000 unless listed here
+LEGACY_D_SCALE = {MeanFlow.name: meanflow.legacy_d_scale}
+
+
+def legacy_d_scale(method_name: str, options: dict) -> float:
+    """A config migration, kept off the method interface: the d_scale a stored run was trained with."""
+    return LEGACY_D_SCALE[method_name](options) if method_name in LEGACY_D_SCALE else 1000.0
+
+
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         import difflib
@@ -38,4 +48,4 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Batch", "Method", "MethodOptions", "Targets", "get_method"]
+__all__ = ["METHODS", "Batch", "Method", "MethodOptions", "Targets", "get_method", "legacy_d_scale"]

@@ -8,7 +8,7 @@ x_t + d f lands at x_{t+d}; y = null (index num_classes) is the unconditional to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,13 @@ class MethodOptions:
         """Raise BenchError for values this method cannot use."""
 
 
+@dataclass
+class TeacherOptions(MethodOptions):
+    """Options of a method that needs a teacher (Method.needs_teacher): where it comes from."""
+
+    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+
+
 class Method:
     """Base class. A method builds training targets and takes one of n sampling steps.
 
@@ -85,11 +92,6 @@ class Method:
     def is_sampling_time(cls, name: str, options: MethodOptions) -> bool:
         """Whether option `name` is read only when sampling, under these resolved options (sweeps ask)."""
         return name in cls.sampling_time_options
-
-    @classmethod
-    def legacy_d_scale(cls, options: dict) -> float:
-        """model.d_scale of a stored config written before the key existed: d was embedded at 1000."""
-        return 1000.0
 
     def __init__(self, opts: MethodOptions, num_classes: int, teacher: nn.Module | None = None, train_steps: int = 0):
         self.opts = opts
@@ -116,7 +118,7 @@ class Method:
         """Called after the optimiser and EMA update of `step` (teacher refresh, curricula)."""
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
-        """Rows through the network per training step: forward with grad, backward, and no-grad."""
+        """Rows through the network per training step: forward with grad, backward, and no-grad (priced by step_cost)."""
         return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 0}
 
     def state_dict(self) -> dict[str, Any]:
@@ -125,6 +127,17 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    # the trainer's (maybe compiled) views -> the eager modules behind them; see eager()
+    _eager_views: dict[int, nn.Module] = {}
+
+    def bind_eager(self, views: dict[nn.Module, nn.Module]) -> None:
+        """The trainer says which eager module each view it passes to `targets` stands for."""
+        self._eager_views = {id(view): module for view, module in views.items()}
+
+    def eager(self, net: nn.Module) -> nn.Module:
+        """The eager module behind a view `targets` was given (copies and JVPs need the module, not a compiled wrapper)."""
+        return self._eager_views.get(id(net), net)
 
     # -- optional: data-dependent parts and an auxiliary loss (CFD, RDD) ------------------
     def setup(self, data, device: torch.device) -> None:
@@ -194,3 +207,19 @@ def full(value: float, like: Tensor) -> Tensor:
 def check_fraction(name: str, value: float, low_open: bool = True) -> None:
     if not (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0):
         raise BenchError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value}.")
+
+
+def euler(x: Tensor, v: Callable[[Tensor, Tensor], Tensor], n: int) -> Tensor:
+    """n Euler steps of dx/dt = v(x, t) from t = 0 to 1 (t as a (B,) tensor)."""
+    for i in range(n):
+        x = x + v(x, full(i / n, x)) / n
+    return x
+
+
+# the cost model of `bench speed` and `bench report`: a backward costs two forwards, a no-grad row one
+PASS_COST = {"forward_rows": 1.0, "backward_rows": 2.0, "nograd_rows": 1.0}
+
+
+def step_cost(passes: dict[str, float]) -> float:
+    """Cost of one training step in no-grad forward rows (forward 1, backward 2, no-grad 1)."""
+    return sum(PASS_COST.get(k, 0.0) * float(v) for k, v in passes.items())

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
-from methods.base import Batch, Method, MethodOptions, Targets, bshape, full, grid_times, interpolate, velocity
+from methods.base import Batch, Method, MethodOptions, Targets, TeacherOptions, bshape, full, grid_times, interpolate, velocity
 
 
 def ct_phase(step: int, train_steps: int, M: int) -> int:
@@ -83,8 +83,8 @@ class ConsistencyTrainingOptions(ConsistencyOptions):
 
 
 @dataclass
-class ConsistencyDistillationOptions(ConsistencyOptions):
-    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+class ConsistencyDistillationOptions(ConsistencyOptions, TeacherOptions):
+    pass
 
 
 class _Consistency(Method):
@@ -117,7 +117,7 @@ class _Consistency(Method):
         if self.live_target:
             return model
         if self._target_net is None:
-            self._target_net = copy.deepcopy(getattr(model, "_orig_mod", model)).requires_grad_(False).eval()
+            self._target_net = copy.deepcopy(self.eager(model)).requires_grad_(False).eval()
             if self._pending is not None:
                 self._target_net.load_state_dict(self._pending)
                 self._pending = None

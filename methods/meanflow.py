@@ -56,15 +56,20 @@ class MeanFlowOptions(MethodOptions):
 
 def average_velocity_jvp(net, x, t, d, y, v, time_input_scale: float = 1.0):
     """(u, D u) for u(x, t, d) = net(x, s t, d, y), s = time_input_scale, with D u the JVP along the
-    tangent (v, 1, -1) in (x, t, d); no graph is kept.
+    tangent (v, 1, -1) in (x, t, d); no graph is kept. `net` is an eager module (a compiled one has no JVP).
 
     x, v: (B, *shape); t, d: (B,). Attention runs on the math kernel (the fused CPU/flash kernels
     have no forward-mode derivative)."""
-    net = getattr(net, "_orig_mod", net)  # differentiate the eager module, not a torch.compile wrapper
     s = time_input_scale
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         return jvp(lambda x_, t_, d_: net(x_, s * t_, d_, y), (x, t, d), (v, torch.ones_like(t), -torch.ones_like(d)))
 
+
+
+def legacy_d_scale(options: dict) -> float:
+    """model.d_scale of a config stored before the key existed: MeanFlow fed the network s * d into the
+    1000 embedding, so d was embedded at 1000 s."""
+    return 1000.0 * float(options.get("time_input_scale", 1.0))
 
 class MeanFlow(Method):
     """Average-velocity model trained through the MeanFlow identity (JVP); Euler at d = 1/n."""
@@ -72,11 +77,6 @@ class MeanFlow(Method):
     name = "meanflow"
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
     Options = MeanFlowOptions
-
-    @classmethod
-    def legacy_d_scale(cls, options: dict) -> float:
-        # before model.d_scale, MeanFlow fed the network s * d into the 1000 embedding: d at 1000 s
-        return 1000.0 * float(options.get("time_input_scale", 1.0))
 
     def num_mean_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.mean_fraction))
@@ -105,7 +105,7 @@ class MeanFlow(Method):
         with torch.no_grad():
             u_mean = None
             if nb:
-                u_mean, df = average_velocity_jvp(net, x_t[:nb], t[:nb], d[:nb], y[:nb], v[:nb], self.opts.time_input_scale)
+                u_mean, df = average_velocity_jvp(self.eager(net), x_t[:nb], t[:nb], d[:nb], y[:nb], v[:nb], self.opts.time_input_scale)
                 target[:nb] = v[:nb] + bshape(d[:nb], v) * df
             if self.opts.adaptive_p > 0:
                 # the trainer's plain MSE against u + w (target - u), u = sg(f) = its own prediction, has the

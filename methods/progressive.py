@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from methods.base import Batch, Method, MethodOptions, Targets, full, grid_times, interpolate, velocity
+from methods.base import Batch, Method, Targets, TeacherOptions, full, grid_times, interpolate, velocity
 
 
 def num_stages(M: int) -> int:
@@ -43,8 +43,7 @@ def teacher_step_size(stage: int, M: int) -> float:
 
 
 @dataclass
-class ProgressiveOptions(MethodOptions):
-    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+class ProgressiveOptions(TeacherOptions):
     refresh_from: str = "ema"  # student weights that become the next stage's teacher: "ema" or "model"
     cfg: str = "sampling"  # where guidance at cfg_scale goes: "sampling" (every step) or "baked" (stage 1's targets, authors' code)
 

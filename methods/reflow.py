@@ -27,14 +27,14 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
-from methods.base import Batch, Method, MethodOptions, Targets, check_fraction, full, grid_times, interpolate, velocity
+from methods.base import (Batch, Method, MethodOptions, Targets, TeacherOptions, check_fraction, euler, full, grid_times,
+                          interpolate, velocity)
 
 PAIR_CHUNK = 4096  # rows per teacher call while generating pairs
 
 
 @dataclass
-class ReflowOptions(MethodOptions):
-    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+class ReflowOptions(TeacherOptions):
     num_pairs: int = 50_000  # (x0, x1_hat) pairs generated with the teacher at M steps, over all labels
     pair_seed: int = 0  # seed of the pairs' noise (fixed, so a resume regenerates the same pairs)
 
@@ -76,9 +76,7 @@ class Reflow(Method):
         x1 = torch.empty_like(x0)
         for s in range(0, L * P, PAIR_CHUNK):
             x, yy = x0[s : s + PAIR_CHUNK], y[s : s + PAIR_CHUNK]
-            for i in range(M):
-                x = x + self.teacher(x, full(i / M, x), full(0.0, x), yy) / M
-            x1[s : s + PAIR_CHUNK] = x
+            x1[s : s + PAIR_CHUNK] = euler(x, lambda x_, t: self.teacher(x_, t, full(0.0, x_), yy), M)
         self.pairs_x0, self.pairs_x1 = x0.view(L, P, *shape), x1.view(L, P, *shape)
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
@@ -128,11 +126,8 @@ class LiveReflow(Method):
     @torch.no_grad()
     def rollout(self, net, x0, y):
         """x1_hat: `rollout_steps` Euler steps of the flow query (guided at w) from x0 at t = 0."""
-        n, x = self.opts.rollout_steps, x0
-        for i in range(n):
-            tt = full(i / n, x)
-            x = x + velocity(net, x, tt, torch.zeros_like(tt), y, self.opts.cfg_scale, self.null_class) / n
-        return x
+        return euler(x0, lambda x, t: velocity(net, x, t, torch.zeros_like(t), y, self.opts.cfg_scale, self.null_class),
+                     self.opts.rollout_steps)
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         x0, x1, y = batch.x0, batch.x1, batch.y

@@ -22,7 +22,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from bench import checkpoint as ckpt
-    from bench.run import checkpoint_dir, config_of_run, prepare
+    from bench.run import prepare
+    from bench.session import checkpoint_dir, config_of_run
     from bench.sampling import sample
 
     torch.set_num_threads(1)

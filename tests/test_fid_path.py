@@ -87,7 +87,7 @@ def test_latent_samples_are_decoded_with_the_vae_and_compared_with_the_real_imag
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from bench.latents import prepare_latents
+    from bench.prepare_latents import prepare_latents
 
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -186,7 +186,7 @@ def test_the_estimate_extrapolates_one_timed_batch(tmp_path, monkeypatch):
     import bench.evaluate as E
 
     durations = iter([0.2, 0.1, 0.1, 0.12, 0.05, 0.3, 0.02])
-    monkeypatch.setattr(E, "_timed", lambda fn, device: (next(durations), fn()))
+    monkeypatch.setattr(E, "timed", lambda fn, device: (next(durations), fn()))
     ev, data = digits_evaluator(tmp_path, 1000, 300, "eval.kid=false", "eval.prc=false")  # distances: timing mocked
     from methods import get_method
 

@@ -50,7 +50,7 @@ def assets(tmp_path_factory):
 
 
 def prepare(assets, out, **kw):
-    from bench.latents import prepare_latents
+    from bench.prepare_latents import prepare_latents
 
     root, _ = assets
     kw = {"resolution": SIDE, "batch_size": 4, "device": "cpu", "workers": 0, "progress": False, **kw}
@@ -166,7 +166,7 @@ def _one_sentence(e: BenchError) -> str:
 def test_bad_vae_folders_are_one_sentence(assets, tmp_path):
     from safetensors.torch import save_file
 
-    from bench.latents import prepare_latents
+    from bench.prepare_latents import prepare_latents
 
     root, _ = assets
     with pytest.raises(BenchError) as e:

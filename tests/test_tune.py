@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BenchError
-from bench.tune import build_plan, load_sweep
+from bench.sweep_plan import build_plan
+from bench.sweep_spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = str(Path(sys.executable).with_name("bench"))
