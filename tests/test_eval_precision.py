@@ -41,8 +41,8 @@ def test_precision_resolution():
 
 
 def test_bf16_runs_the_model_in_bf16_and_hands_back_float32():
-    torch.manual_seed(0)
-    net = Shapes(build_model(resolve("flow_matching", "digits").model, (1, 8, 8), 10))
+    torch.manual_seed(0)  # the MLP: an untrained DiT's adaLN-zero output is exactly 0 in both precisions
+    net = Shapes(build_model(resolve("flow_matching", "digits-mlp").model, (1, 8, 8), 10))
     x, t, y = torch.randn(5, 1, 8, 8), torch.rand(5), torch.randint(0, 10, (5,))
     fp32 = EvalModel(net, "fp32", torch.device("cpu"))(x, t, t * 0, y)
     bf16 = EvalModel(net, "bf16", torch.device("cpu"))(x, t, t * 0, y)
@@ -62,7 +62,7 @@ def test_pad_rows():
 def test_padding_keeps_one_batch_shape_and_the_same_samples(name, cfg_scale):
     """N = 10 in batches of 4: padded, every call sees 4 rows (8 under CFG); the samples equal the unpadded
     ones (a stochastic sampler's last batch draws its fresh noise at the padded shape: other values, same law)."""
-    cfg = resolve(name, "digits", [f"method.cfg_scale={cfg_scale}", "method.M=4"])
+    cfg = resolve(name, "digits-mlp", [f"method.cfg_scale={cfg_scale}", "method.M=4"])
     torch.manual_seed(0)
     net = Shapes(build_model(cfg.model, (1, 8, 8), 10)).eval()
     method = get_method(name)(cfg.method, 10)
@@ -114,8 +114,8 @@ def test_bf16_evaluation_is_recorded_and_close_to_fp32(tmp_path):
     from bench.run import prepare, run_params
 
     fids = {}
-    for precision in ("fp32", "bf16"):
-        cfg = resolve("flow_matching", "digits", ["eval.num_samples=300", "eval.batch_size=300", "eval.kid=false",
+    for precision in ("fp32", "bf16"):  # the MLP: an untrained DiT samples exactly x0 in both precisions
+        cfg = resolve("flow_matching", "digits-mlp", ["eval.num_samples=300", "eval.batch_size=300", "eval.kid=false",
                                                   "eval.prc=false", f"eval.precision={precision}"])
         p = prepare(cfg, progress=False)
         assert run_params(p)["eval.sampling_precision"] == precision

@@ -173,7 +173,7 @@ def test_bench_speed_prints_every_section():
 
     from bench.cli import app
 
-    r = CliRunner().invoke(app, ["speed", "--profile", "digits", "--model", "mlp", "--rounds", "2", "--steps", "1",
+    r = CliRunner().invoke(app, ["speed", "--profile", "digits-mlp", "--model", "mlp", "--rounds", "2", "--steps", "1",
                                  "--methods", "flow_matching,shortcut", "--set", "train.batch_size=32",
                                  "--set", "model.hidden=32", "--set", "eval.batch_size=64", "--set", "train.threads=1"])
     assert r.exit_code == 0, r.output
@@ -186,7 +186,7 @@ def test_bench_speed_prints_every_section():
     training = out.split("training step")[1].split("sampling at n = 1")[0]
     rows = {ln.split()[0]: ln.split() for ln in training.splitlines() if ln.startswith(("flow_matching ", "shortcut "))}
     assert rows["flow_matching"][2] == "1.000" and rows["flow_matching"][3] == "1.000"  # ratio and prediction to itself
-    # digits: k = 1/4 of 32 rows = 8, two no-grad half steps: (96 + 16) / 96
+    # digits-mlp: M = 128; k = 1/4 of 32 rows = 8, two no-grad half steps: (96 + 16) / 96
     assert float(rows["shortcut"][3]) == pytest.approx(112 / 96, abs=1e-3)
 
 
