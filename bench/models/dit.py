@@ -59,7 +59,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        if x.is_cuda or N > SHORT_CPU_SEQUENCE or not torch.is_grad_enabled():
+        if x.device.type != "cpu" or N > SHORT_CPU_SEQUENCE or not torch.is_grad_enabled():
             out = F.scaled_dot_product_attention(q, k, v)
         else:  # training on the CPU with a few tokens: SDPA's flash backward is the slow part (issue 12)
             out = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1) @ v
