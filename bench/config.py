@@ -46,7 +46,9 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 6000  # optimiser steps
     batch_size: int = 256  # rows per step, all methods alike
-    lr: float = 1e-4  # AdamW, constant
+    lr: float = 1e-4  # AdamW peak learning rate
+    lr_schedule: str = "constant"  # "constant" (the paper's) or "cosine": half a cosine from lr to 0 over train.steps
+    lr_warmup: int = 0  # steps of linear warm-up from 0 to lr before the schedule
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.1
@@ -81,6 +83,7 @@ class EvalConfig:
     compile_mode: str = "default"  # as train.compile_mode; "reduce-overhead" (CUDA graphs) pays for small models
 
 
+LR_SCHEDULES = ("constant", "cosine")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 SECTIONS: dict[str, type] = {
@@ -374,6 +377,10 @@ def validate(cfg: Config) -> None:
             raise BenchError(f"eval.steps: {n} sampling steps do not divide M = {m.M}.")
     if cfg.train.steps < 0 or cfg.train.batch_size < 1:
         raise BenchError("train.steps must be >= 0 and train.batch_size >= 1.")
+    if cfg.train.lr_schedule not in LR_SCHEDULES:
+        raise BenchError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.train.lr_schedule!r}.")
+    if cfg.train.lr_warmup < 0:
+        raise BenchError(f"train.lr_warmup must be >= 0 steps, got {cfg.train.lr_warmup}.")
     if cfg.train.workers < 1:
         raise BenchError(f"train.workers must be >= 1, got {cfg.train.workers}.")
     if cfg.train.batch_size % cfg.train.workers:

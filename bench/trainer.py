@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +54,20 @@ def compiled(module: nn.Module, mode: str = "default") -> nn.Module:
     return _CloneOutput(fn) if mode == "reduce-overhead" else fn
 
 
+def lr_at(step: int, tc: Any, span: tuple[int, int] | None = None) -> float:
+    """Learning rate of optimiser step `step` (0-based) in the stretch span = (first step, step count),
+    the whole run by default: linear warm-up over its first lr_warmup steps, then train.lr_schedule
+    ("constant", or "cosine": lr * (1 + cos(pi * s / S)) / 2 over the remaining S steps)."""
+    first, count = span if span is not None else (0, tc.steps)
+    s = step - first
+    if s < tc.lr_warmup:
+        return tc.lr * (s + 1) / tc.lr_warmup
+    if tc.lr_schedule == "cosine":
+        S = max(count - tc.lr_warmup, 1)
+        return tc.lr * 0.5 * (1.0 + math.cos(math.pi * min(s - tc.lr_warmup, S) / S))
+    return tc.lr
+
+
 def _gen_state(g: torch.Generator) -> Tensor:
     return g.get_state()
 
@@ -99,6 +114,7 @@ class Trainer:
             groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
             fused=device.type == "cuda",
         )
+        self._scheduled = tc.lr_schedule != "constant" or tc.lr_warmup > 0
         # compiled views share parameters with the eager modules (checkpoints hold the eager ones)
         self.cuda_graphs = tc.compile and tc.compile_mode == "reduce-overhead" and device.type == "cuda"
         self.fmodel = compiled(self.model, tc.compile_mode) if tc.compile else self.model
@@ -164,6 +180,10 @@ class Trainer:
                     p.grad /= self.world_size
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        if self._scheduled:
+            lr = lr_at(self.step, self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps))
+            for g in self.opt.param_groups:
+                g["lr"] = lr
         self.opt.step()
         self._update_ema()
         self.method.on_step_end(self.step, self.model, self.ema)

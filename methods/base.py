@@ -117,6 +117,11 @@ class Method:
     def on_step_end(self, step: int, model: nn.Module, ema: nn.Module) -> None:
         """Called after the optimiser and EMA update of `step` (teacher refresh, curricula)."""
 
+    def lr_span(self, step: int, train_steps: int) -> tuple[int, int]:
+        """(first step, step count) of the stretch that train.lr_schedule runs over at `step`:
+        the whole run by default; progressive distillation restarts it at every stage."""
+        return 0, train_steps
+
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         """Rows through the network per training step: forward with grad, backward, and no-grad (priced by step_cost)."""
         return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": 0}

@@ -37,6 +37,14 @@ def stage_of_step(step: int, train_steps: int, M: int) -> int:
     return min(step * K // train_steps, K - 1) + 1
 
 
+def stage_bounds(stage: int, train_steps: int, M: int) -> tuple[int, int]:
+    """[first, end) training steps of `stage` (1-based), as stage_of_step assigns them."""
+    K = num_stages(M)
+    first = -(-(stage - 1) * train_steps // K)  # ceil
+    end = train_steps if stage == K else -(-stage * train_steps // K)
+    return first, end
+
+
 def teacher_step_size(stage: int, M: int) -> float:
     """d of the teacher's two steps at `stage`: 1/M, 2/M, ..., 1/2 (the student learns 2d)."""
     return 2 ** (stage - 1) / M
@@ -77,6 +85,11 @@ class Progressive(Method):
 
     def stage(self, step: int) -> int:
         return stage_of_step(step, self.train_steps, self.opts.M)
+
+    def lr_span(self, step: int, train_steps: int) -> tuple[int, int]:
+        """Each stage runs its own schedule (CFD's released code: cosine to 0 per stage)."""
+        first, end = stage_bounds(stage_of_step(step, train_steps, self.opts.M), train_steps, self.opts.M)
+        return first, end - first
 
     def current_teacher(self) -> nn.Module:
         if self._pending is not None and self.teacher is not None:

@@ -38,6 +38,8 @@ def test_overrides_bare_and_dotted_and_fractions():
         ("shortcut", ["k=0"], "method.k must be in (0, 1)"),
         ("shortcut", ["eval.steps=3"], "3 sampling steps do not divide M = 128"),
         ("shortcut", ["train.lr=fast"], "train.lr expects a number"),
+        ("shortcut", ["train.lr_schedule=linear"], "train.lr_schedule must be one of constant, cosine"),
+        ("shortcut", ["train.lr_warmup=-1"], "train.lr_warmup must be >= 0"),
         ("shortcut", ["flow_d=half"], "method.flow_d must be zero, min or apart"),
         ("shortcut", ["levels=big"], "method.levels must be one of uniform, authors, authors_bias, quarter_large"),
         ("flow_matching", ["k=0.25"], "Unknown config key 'k' for method flow_matching"),
