@@ -179,7 +179,8 @@ class Trainer:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world_size
         if self.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            # one norm over everything the optimiser steps: the model and the method's modules (RDD's head)
+            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + self.method_params, self.cfg.train.grad_clip)
         if self._scheduled:
             lr = lr_at(self.step, self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps))
             for g in self.opt.param_groups:

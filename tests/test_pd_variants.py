@@ -240,6 +240,30 @@ def test_rdd_head_and_queue_survive_kill_and_resume(tmp_path):
         previous(tmp_path / "a" / "last.pt"))["method"]["head"]["0.weight"])
 
 
+def test_gradient_clipping_covers_the_rdd_head(monkeypatch):
+    """train.grad_clip bounds one norm over the model and the head the optimiser steps beside it."""
+    from bench.models import build_model
+
+    over = ["train.steps=2", "train.batch_size=8", "model.hidden=32", "model.depth=2", "method.M=2", "loss_stages=all",
+            "queue_size=64", "queue_update=16", "num_anchors=16", "train.grad_clip=1e-3"]
+    cfg = resolve("rdd", "digits", over)
+    torch.manual_seed(5)
+    teacher = build_model(cfg.model, (1, 8, 8), 10).requires_grad_(False).eval()
+    tr = rdd_trainer(cfg, teacher)
+    norms, step = [], tr.opt.step
+
+    def record(*a, **k):
+        grads = [p.grad for g in tr.opt.param_groups for p in g["params"] if p.grad is not None]
+        norms.append((torch.stack([g.norm() for g in grads]).norm().item(),
+                      any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.method.head.parameters())))
+        return step(*a, **k)
+
+    tr.opt.step = record
+    tr.fit()
+    assert norms[-1][1]  # the head has gradients at step 2 (the queue holds step 1's pixels)
+    assert all(n <= 1e-3 * (1 + 1e-4) for n, _ in norms)
+
+
 def test_refusals_in_one_sentence(monkeypatch, tmp_path):
     from bench.classifiers import load_classifier_for
     from bench.latents import LatentDataset
