@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from bench import checkpoint
-from bench.config import Config
+from bench.config import Config, TrainConfig
 from bench.data import Dataset
 from bench.errors import BenchError, NonFiniteLoss
 from methods.base import Batch, Method
@@ -54,7 +54,7 @@ def compiled(module: nn.Module, mode: str = "default") -> nn.Module:
     return _CloneOutput(fn) if mode == "reduce-overhead" else fn
 
 
-def lr_at(step: int, tc: Any, span: tuple[int, int] | None = None) -> float:
+def lr_at(step: int, tc: TrainConfig, span: tuple[int, int] | None = None) -> float:
     """Learning rate of optimiser step `step` (0-based) in the stretch span = (first step, step count),
     the whole run by default: linear warm-up over its first lr_warmup steps, then train.lr_schedule
     ("constant", or "cosine": lr * (1 + cos(pi * s / S)) / 2 over the remaining S steps)."""
@@ -114,7 +114,6 @@ class Trainer:
             groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
             fused=device.type == "cuda",
         )
-        self._scheduled = tc.lr_schedule != "constant" or tc.lr_warmup > 0
         # compiled views share parameters with the eager modules (checkpoints hold the eager ones)
         self.cuda_graphs = tc.compile and tc.compile_mode == "reduce-overhead" and device.type == "cuda"
         self.fmodel = compiled(self.model, tc.compile_mode) if tc.compile else self.model
@@ -181,10 +180,9 @@ class Trainer:
         if self.cfg.train.grad_clip > 0:
             # one norm over everything the optimiser steps: the model and the method's modules (RDD's head)
             torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + self.method_params, self.cfg.train.grad_clip)
-        if self._scheduled:
-            lr = lr_at(self.step, self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps))
-            for g in self.opt.param_groups:
-                g["lr"] = lr
+        lr = lr_at(self.step, self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps))
+        for g in self.opt.param_groups:  # constant: train.lr, the value the groups already hold
+            g["lr"] = lr
         self.opt.step()
         self._update_ema()
         self.method.on_step_end(self.step, self.model, self.ema)
