@@ -379,6 +379,9 @@ def validate(cfg: Config) -> None:
         raise BenchError("train.steps must be >= 0 and train.batch_size >= 1.")
     if cfg.train.lr_schedule not in LR_SCHEDULES:
         raise BenchError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.train.lr_schedule!r}.")
+    if cfg.train.checkpoint_every < 1:
+        raise BenchError(f"train.checkpoint_every must be >= 1 step (a checkpoint is also written at the end), "
+                         f"got {cfg.train.checkpoint_every}.")
     if cfg.train.lr_warmup < 0:
         raise BenchError(f"train.lr_warmup must be >= 0 steps, got {cfg.train.lr_warmup}.")
     if cfg.train.workers < 1:

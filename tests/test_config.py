@@ -40,6 +40,7 @@ def test_overrides_bare_and_dotted_and_fractions():
         ("shortcut", ["train.lr=fast"], "train.lr expects a number"),
         ("shortcut", ["train.lr_schedule=linear"], "train.lr_schedule must be one of constant, cosine"),
         ("shortcut", ["train.lr_warmup=-1"], "train.lr_warmup must be >= 0"),
+        ("shortcut", ["train.checkpoint_every=0"], "train.checkpoint_every must be >= 1"),
         ("shortcut", ["flow_d=half"], "method.flow_d must be zero, min or apart"),
         ("shortcut", ["levels=big"], "method.levels must be one of uniform, authors, authors_bias, quarter_large"),
         ("flow_matching", ["k=0.25"], "Unknown config key 'k' for method flow_matching"),
