@@ -156,6 +156,22 @@ class Evaluator:
         self._ref_feats = feats
         return feats
 
+    def fid_floor(self) -> dict[str, float]:
+        """metrics.fid_floor of this reference set at eval.num_samples (fixed splits, seed 0); cached
+        next to the reference features (2048-d Inception features take about a second per split)."""
+        import json
+
+        N = self.cfg.eval.num_samples
+        path = self.cache_dir / f"floor-{self.cache_name()[:-4]}-n{N}-s{M.FLOOR_SPLITS}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                pass
+        floor = M.fid_floor(self.reference_features(), N)
+        atomic_write(path, lambda fh: fh.write(json.dumps(floor).encode()))
+        return floor
+
     def extractor(self):
         if self._extractor is None:
             self._extractor = self.space.create(self.device)

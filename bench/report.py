@@ -35,6 +35,7 @@ GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.", "c
 # identified by a hash param
 PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.checkpoint_step", "eval.checkpoint_ema_sha256",
            "eval.inception_weights", "method.classifier_weights"}
+FLOORS = ("fresh", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
 CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (seeds) of a row "
            "(n - 1 degrees of freedom); a single run shows its value")
 
@@ -73,6 +74,8 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             "train_examples": float(params.get("budget.train_examples", "nan")),
             "teacher_examples": float(params.get("budget.teacher_examples", 0) or 0),
             "train_compute": training_compute(params),
+            # what a perfect sampler scores here (bench.metrics.fid_floor); nan for runs before it was logged
+            **{k: run.data.metrics.get(f"fid_floor_{k}", math.nan) for k in FLOORS},
         }
         group = {k: v for k, v in params.items() if k.startswith(GROUP_PREFIXES) and k not in PER_RUN}
         base["config"] = json.dumps({"method": base["method"], "profile": base["profile"], "dataset": base["dataset"],
@@ -219,6 +222,9 @@ def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     _lines(ax, stats, "group", "steps", order, floor)
     steps = sorted(fid["steps"].unique())
+    fl = floors(fid)
+    if len(fl) == 1 and floor < fl["fresh"].iloc[0] < top:
+        ax.axhline(fl["fresh"].iloc[0], color="0.35", ls=":", lw=1.2, label="floor: new data")
     axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
     axis(ax, "y", floor, top)
     ax.set_ylim(floor, top)
@@ -303,7 +309,26 @@ def fid_table(df: pd.DataFrame) -> str:
         cells = [format_ci(*mean_ci(sub.loc[sub["steps"] == s, "value"])[:2]) for s in (M, 4, 1)]
         lines.append(f"| {key} | {M} | " + " | ".join(cells) + f" | {sub['run_id'].nunique()} |")
     space = ", ".join(sorted(fid["feature_space"].unique()))
-    return "\n".join(lines) + f"\n\nFID in the {space} feature space, {fid['num_samples'].max()} samples per n; {CI_NOTE}.\n"
+    return ("\n".join(lines) + f"\n\nFID in the {space} feature space, {fid['num_samples'].max()} samples per n; {CI_NOTE}.\n"
+            + floor_note(fid))
+
+
+def floors(fid: pd.DataFrame) -> pd.DataFrame:
+    """Per (feature space, samples per n): the mean of the runs' fid_floor_* metrics (runs logged
+    before the floor existed are left out; every run of one reference set and N logs the same)."""
+    have = fid.dropna(subset=["fresh"]).drop_duplicates("run_id")
+    return have.groupby(["feature_space", "num_samples"], as_index=False)[list(FLOORS)].mean()
+
+
+def floor_note(fid: pd.DataFrame) -> str:
+    rows = floors(fid)
+    if rows.empty:
+        return ""
+    parts = [f"{r.fresh:.3g} for new data from the reference's distribution and {r.copy:.3g} for copies of "
+             f"reference images ({r.feature_space}, {r.num_samples} samples)" for r in rows.itertuples()]
+    return ("\nFID floor, what a perfect sampler scores against this reference set (the runs' fid_floor_* "
+            f"metrics): {'; '.join(parts)}. Below the first, samples are closer to the reference images than "
+            "new data would be; differences between rows near it are the estimate's, not the methods'.\n")
 
 
 def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:

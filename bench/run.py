@@ -304,6 +304,12 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
             tracker.log_artifact(save_picture(r, p.data, Path(tmp) / f"steps_{n}.png", ref), kind)
     tracker.log_fid_curve(results, f"{p.cfg.method_name} on {p.cfg.data.spec}, seed {p.cfg.seed}, "
                                    f"{p.cfg.eval.num_samples} samples per n")
+    floor = p.evaluator.fid_floor()
+    if floor:
+        tracker.log_metrics(floor, step=0)
+        echo(f"FID floor at {p.cfg.eval.num_samples} samples against the {len(p.evaluator.reference)} reference "
+             f"{'images' if p.data.kind == 'images' else 'rows'}: {floor['fid_floor_fresh']:.3g} for new data from their "
+             f"distribution, {floor['fid_floor_copy']:.3g} for copies of them (metrics fid_floor_fresh, fid_floor_copy)")
     return results
 
 

@@ -1,0 +1,70 @@
+"""The FID floor (bench.metrics.fid_floor): what a perfect sampler scores at N samples against a
+finite reference set. Checked against fresh draws from a known Gaussian, where the floor can be
+measured directly; logged by every run and printed under the report's table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.metrics import fid_floor, frechet_distance
+
+
+def gaussian(rng: np.random.Generator, dim: int):
+    a = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    cov = a @ a.T + 0.1 * np.eye(dim)
+    mean = rng.normal(size=dim)
+    return lambda n: rng.multivariate_normal(mean, cov, size=n)
+
+
+@pytest.mark.parametrize("n_ref, num_samples", [(600, 900), (300, 1500)])
+def test_the_fresh_floor_matches_fresh_samples_of_the_reference_distribution(n_ref, num_samples):
+    rng = np.random.default_rng(0)
+    draw = gaussian(rng, 8)
+    est, fresh, copy = [], [], []
+    for _ in range(6):  # the floor is an expectation over reference sets too: several of them
+        ref = draw(n_ref)
+        floor = fid_floor(ref, num_samples, splits=16)
+        est.append(floor["fid_floor_fresh"])
+        copy.append(floor["fid_floor_copy"])
+        # measured: FID of fresh samples of the same distribution against this reference set
+        fresh += [frechet_distance(draw(num_samples), ref) for _ in range(15)]
+    est, fresh, copy = np.mean(est), np.mean(fresh), np.mean(copy)
+    assert est == pytest.approx(fresh, rel=0.15)
+    # 1/N alone (the reference side's error left out) would be more than twice as far off
+    share = (1 / num_samples) / (1 / num_samples + 1 / n_ref)
+    assert abs(share * est - fresh) > 2 * abs(est - fresh)
+    # copies of the reference carry only the sample side's error: about c / N, well under fresh data
+    assert copy == pytest.approx(share * est, rel=0.35) and copy < est
+
+
+def test_the_floor_falls_with_more_samples_and_is_deterministic():
+    ref = gaussian(np.random.default_rng(1), 4)(500)
+    small, large = fid_floor(ref, 200), fid_floor(ref, 5000)
+    assert large["fid_floor_fresh"] < small["fid_floor_fresh"] and large["fid_floor_copy"] < small["fid_floor_copy"]
+    assert fid_floor(ref, 200) == small
+
+
+def test_no_floor_where_a_half_of_the_reference_cannot_hold_a_covariance():
+    assert fid_floor(np.zeros((40, 20)), 100) == {}
+
+
+def test_a_run_logs_its_floor_and_the_report_prints_it(tmp_path):
+    from bench.config import resolve
+    from bench.report import collect, fid_table, write_report
+    from bench.run import execute
+    from bench.tracking import client
+
+    said = []
+    cfg = resolve("flow_matching", "smoke", ["train.steps=20", "eval.num_samples=500", "eval.batch_size=500",
+                                             "method.M=4"])
+    out = execute(cfg, "floor", progress=False, echo=said.append)
+    metrics = client().get_run(out.run_id).data.metrics
+    # 10,000 reference points against 500 samples: the sample side's error is nearly all of it
+    assert metrics["fid_floor_copy"] == pytest.approx(metrics["fid_floor_fresh"] * (1 / 500) / (1 / 500 + 1 / 10_000), rel=0.3)
+    assert any(s.startswith("FID floor at 500 samples against the 10000 reference rows") for s in said)
+    again = execute(cfg, "floor", progress=False, echo=lambda *_: None)  # the cached floor is the same
+    assert client().get_run(again.run_id).data.metrics["fid_floor_fresh"] == metrics["fid_floor_fresh"]
+    table = fid_table(collect("floor"))
+    assert f"{metrics['fid_floor_fresh']:.3g} for new data" in table and "(coords, 500 samples)" in table
+    assert "table.md" in {p.name for p in write_report("floor", tmp_path / "out")}
