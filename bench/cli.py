@@ -50,8 +50,13 @@ def run(
     from bench.config import resolve
 
     cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
-    from bench.run import execute
+    from bench.run import deviation_text, execute
     from bench.session import find_unfinished_run
+
+    if deviation_text(cfg):
+        recipe = f" recipe {cfg.method.recipe!r}" if hasattr(cfg.method, "recipe") else ""
+        typer.echo(f"{cfg.method_name}:{recipe} with {deviation_text(cfg)} (away from the published recipe; "
+                   f"set by profile {cfg.profile} or --set, bench.toml says why)")
 
     run_id = None
     if resume:

@@ -86,6 +86,16 @@ def run_params(p: Prepared) -> dict[str, Any]:
     }
 
 
+def deviation_text(cfg: Config) -> str:
+    """"levels=quarter_large, bootstrap_weight=8": the method's knobs away from its recipe, or ""."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.method.deviations().items())
+
+
+def deviation_tag(cfg: Config) -> dict[str, str]:
+    text = deviation_text(cfg)
+    return {"method.deviations": text} if text else {}
+
+
 def open_tracker(p: Prepared, experiment: str, run_name: str, extra_tags: dict[str, str] | None,
                  parent_run_id: str | None, resume_run_id: str | None, uri: str):
     """The MLflow run of one configuration: its name and the tags every run carries."""
@@ -96,7 +106,7 @@ def open_tracker(p: Prepared, experiment: str, run_name: str, extra_tags: dict[s
         experiment,
         run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
         tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
-              "git_commit": git_commit(), "config_hash": config_hash(cfg), **(extra_tags or {})},
+              "git_commit": git_commit(), "config_hash": config_hash(cfg), **deviation_tag(cfg), **(extra_tags or {})},
         parent_run_id=parent_run_id,
         resume_run_id=resume_run_id,
         uri=uri,

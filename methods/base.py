@@ -63,6 +63,11 @@ class MethodOptions:
     def validate(self) -> None:
         """Raise BenchError for values this method cannot use."""
 
+    def deviations(self) -> dict[str, object]:
+        """Knobs set away from the method's published recipe (by a profile or --set): tagged on the
+        run (`method.deviations`) and printed when it starts. None unless a method names them."""
+        return {}
+
 
 @dataclass
 class TeacherOptions(MethodOptions):

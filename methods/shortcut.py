@@ -81,6 +81,10 @@ class ShortcutOptions(MethodOptions):
         if not self.bootstrap_weight > 0:
             raise BenchError(f"method.bootstrap_weight must be > 0, got {self.bootstrap_weight}.")
 
+    def deviations(self) -> dict[str, object]:
+        published = {**RECIPES[self.recipe], "bootstrap_weight": 1.0}
+        return {key: getattr(self, key) for key, value in published.items() if getattr(self, key) != value}
+
 
 def authors_level_counts(num_rows: int, num_levels: int, bias: bool) -> list[int]:
     """Rows per level j (d_big = 2^-j, j = 0 .. L-1) as the authors' targets_shortcut.py assigns them.

@@ -94,6 +94,20 @@ def test_recipe_sets_the_defaults_and_an_explicit_knob_wins():
         resolve("shortcut", "smoke", ["levels=authors_bias", "M=2"])
 
 
+def test_deviations_from_the_recipe_are_named_and_the_digits_profile_has_two():
+    from bench.run import deviation_tag
+
+    digits = resolve("shortcut", "digits", [])
+    assert digits.method.deviations() == {"levels": "quarter_large", "bootstrap_weight": 8.0}
+    assert deviation_tag(digits) == {"method.deviations": "levels=quarter_large, bootstrap_weight=8"}
+    # the recipes as published on that profile, as bench.toml tells
+    assert resolve("shortcut", "digits", ["levels=uniform", "bootstrap_weight=1"]).method.deviations() == {}
+    authors = resolve("shortcut", "digits", ["recipe=authors", "levels=authors", "bootstrap_weight=1"])
+    assert authors.method.deviations() == {} and deviation_tag(authors) == {}
+    assert resolve("shortcut", "smoke", ["recipe=authors", "k=1/4"]).method.deviations() == {"k": 0.25}
+    assert resolve("flow_matching", "digits", []).method.deviations() == {}
+
+
 def test_label_dropout_on_the_flow_rows_only():
     B, nb = 64, 16
 
