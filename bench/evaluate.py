@@ -157,18 +157,19 @@ class Evaluator:
         return feats
 
     def fid_floor(self) -> dict[str, float]:
-        """metrics.fid_floor of this reference set at eval.num_samples (fixed splits, seed 0); cached
-        next to the reference features (2048-d Inception features take about a second per split)."""
+        """metrics.fid_floor of this reference set at eval.num_samples (splits by metrics.floor_splits,
+        seed 0); cached next to the reference features (2048-d Inception features take seconds per split)."""
         import json
 
-        N = self.cfg.eval.num_samples
-        path = self.cache_dir / f"floor-{self.cache_name()[:-4]}-n{N}-s{M.FLOOR_SPLITS}.json"
+        N, ref = self.cfg.eval.num_samples, self.reference_features()
+        splits = M.floor_splits(ref.shape[1])
+        path = self.cache_dir / f"floor-{self.cache_name()[:-4]}-n{N}-s{splits}.json"
         if path.is_file():
             try:
                 return json.loads(path.read_text())
             except ValueError:
                 pass
-        floor = M.fid_floor(self.reference_features(), N)
+        floor = M.fid_floor(ref, N, splits)
         atomic_write(path, lambda fh: fh.write(json.dumps(floor).encode()))
         return floor
 

@@ -47,27 +47,32 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return float(fid_statistics_to_metric(sa, sb, verbose=False)["frechet_inception_distance"])
 
 
-FLOOR_SPLITS = 16  # random splits / draws per fid_floor estimate
+def floor_splits(dim: int) -> int:
+    """Splits per fid_floor estimate: 64 where one costs milliseconds (<= 256-d features: digits,
+    coordinates), 16 for Inception's 2048-d (seconds each; the result is cached per reference set)."""
+    return 64 if dim <= 256 else 16
 
 
-def fid_floor(ref: np.ndarray, num_samples: int, splits: int = FLOOR_SPLITS, seed: int = 0) -> dict[str, float]:
+def fid_floor(ref: np.ndarray, num_samples: int, splits: int | None = None, seed: int = 0) -> dict[str, float]:
     """The FID a perfect sampler scores with `num_samples` samples against the reference set `ref`
     (N_ref, D), the level under which a model's differences are not its own:
 
     - fid_floor_fresh: a sampler of new data from the reference's own distribution. FID's finite-sample
       bias grows as 1/n_a + 1/n_b (the mean term exactly, the trace term to first order; Chong &
       Forsyth 2020), so the FID of two disjoint random halves of the reference, divided by
-      1/n_1 + 1/n_2, estimates the slope c, and the floor is c (1/num_samples + 1/N_ref).
+      1/n_1 + 1/n_2, estimates the slope c, and the floor is c (1/num_samples + 1/N_ref);
+      fid_floor_fresh_se is its standard error over the splits.
     - fid_floor_copy: a sampler that reproduces reference images: `num_samples` rows drawn with
       replacement from `ref`, against `ref`. A model that scores under fid_floor_fresh is closer to
       the reference images than new data would be (when they are its training data: it copies them).
 
-    Means over `splits` draws. Empty when a half of the reference has no more rows than dimensions
-    (the covariance would be singular and the 1/n law does not hold)."""
+    Means over `splits` draws (floor_splits(D) when None). Empty when a half of the reference has
+    no more rows than dimensions (the covariance would be singular and the 1/n law does not hold)."""
     ref = np.asarray(ref, dtype=np.float64)
     n_ref, dim = ref.shape
     if n_ref // 2 <= dim:
         return {}
+    splits = splits or floor_splits(dim)
     rng = np.random.default_rng(seed)
     half = n_ref // 2
     slopes, copies = [], []
@@ -75,7 +80,9 @@ def fid_floor(ref: np.ndarray, num_samples: int, splits: int = FLOOR_SPLITS, see
         perm = rng.permutation(n_ref)
         slopes.append(frechet_distance(ref[perm[:half]], ref[perm[half:]]) / (1 / half + 1 / (n_ref - half)))
         copies.append(frechet_distance(ref[rng.integers(0, n_ref, num_samples)], ref))
-    return {"fid_floor_fresh": float(np.mean(slopes)) * (1 / num_samples + 1 / n_ref),
+    scale = 1 / num_samples + 1 / n_ref
+    return {"fid_floor_fresh": float(np.mean(slopes)) * scale,
+            "fid_floor_fresh_se": float(np.std(slopes, ddof=1) / np.sqrt(splits)) * scale,
             "fid_floor_copy": float(np.mean(copies))}
 
 

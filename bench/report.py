@@ -35,7 +35,7 @@ GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.", "c
 # identified by a hash param
 PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.checkpoint_step", "eval.checkpoint_ema_sha256",
            "eval.inception_weights", "method.classifier_weights"}
-FLOORS = ("fresh", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
+FLOORS = ("fresh", "fresh_se", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
 CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (seeds) of a row "
            "(n - 1 degrees of freedom); a single run shows its value")
 
@@ -316,6 +316,8 @@ def fid_table(df: pd.DataFrame) -> str:
 def floors(fid: pd.DataFrame) -> pd.DataFrame:
     """Per (feature space, samples per n): the mean of the runs' fid_floor_* metrics (runs logged
     before the floor existed are left out; every run of one reference set and N logs the same)."""
+    if not set(FLOORS) <= set(fid.columns):
+        return pd.DataFrame(columns=["feature_space", "num_samples", *FLOORS])
     have = fid.dropna(subset=["fresh"]).drop_duplicates("run_id")
     return have.groupby(["feature_space", "num_samples"], as_index=False)[list(FLOORS)].mean()
 
@@ -324,7 +326,7 @@ def floor_note(fid: pd.DataFrame) -> str:
     rows = floors(fid)
     if rows.empty:
         return ""
-    parts = [f"{r.fresh:.3g} for new data from the reference's distribution and {r.copy:.3g} for copies of "
+    parts = [f"{r.fresh:.3g} ± {r.fresh_se:.1g} (s.e.) for new data from the reference's distribution and {r.copy:.3g} for copies of "
              f"reference images ({r.feature_space}, {r.num_samples} samples)" for r in rows.itertuples()]
     return ("\nFID floor, what a perfect sampler scores against this reference set (the runs' fid_floor_* "
             f"metrics): {'; '.join(parts)}. Below the first, samples are closer to the reference images than "

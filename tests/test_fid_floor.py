@@ -43,6 +43,8 @@ def test_the_floor_falls_with_more_samples_and_is_deterministic():
     small, large = fid_floor(ref, 200), fid_floor(ref, 5000)
     assert large["fid_floor_fresh"] < small["fid_floor_fresh"] and large["fid_floor_copy"] < small["fid_floor_copy"]
     assert fid_floor(ref, 200) == small
+    assert 0 < small["fid_floor_fresh_se"] < small["fid_floor_fresh"] / 4  # 64 splits for 4-d features
+    assert fid_floor(ref, 200, splits=4)["fid_floor_fresh_se"] > small["fid_floor_fresh_se"]
 
 
 def test_no_floor_where_a_half_of_the_reference_cannot_hold_a_covariance():
@@ -66,5 +68,5 @@ def test_a_run_logs_its_floor_and_the_report_prints_it(tmp_path):
     again = execute(cfg, "floor", progress=False, echo=lambda *_: None)  # the cached floor is the same
     assert client().get_run(again.run_id).data.metrics["fid_floor_fresh"] == metrics["fid_floor_fresh"]
     table = fid_table(collect("floor"))
-    assert f"{metrics['fid_floor_fresh']:.3g} for new data" in table and "(coords, 500 samples)" in table
+    assert f"{metrics['fid_floor_fresh']:.3g} ± " in table and "(coords, 500 samples)" in table
     assert "table.md" in {p.name for p in write_report("floor", tmp_path / "out")}
