@@ -239,17 +239,22 @@ def main() -> None:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no migration chatter on stderr
 
+    # typer >= 0.2x raises its vendored click's exceptions (TyperException), which are not click's
+    usage_errors = (click.ClickException, *((typer.TyperException,) if hasattr(typer, "TyperException") else ()))
     try:
         app(standalone_mode=False)
     except BenchError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    except usage_errors as e:  # a wrong flag or argument: click's usage line and message, exit 2
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            typer.echo(f"error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

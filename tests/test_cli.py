@@ -80,6 +80,14 @@ def test_exit_code_2_for_bad_input_1_for_a_failed_run(monkeypatch, capsys, error
     assert capsys.readouterr().err == "error: Something went wrong at step 7.\n"
 
 
+def test_a_wrong_flag_or_stray_argument_is_a_usage_error_not_a_traceback():
+    # `--set a=1 b=2` (one --set per key is right): the second is a stray argument
+    for args in (("run", "-m", "shortcut", "--set", "levels=uniform", "bootstrap_weight=1"), ("run", "--nope")):
+        r = bench(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "Usage: " in r.stderr and " run [OPTIONS]" in r.stderr and ("unexpected extra argument" in r.stderr or "No such option" in r.stderr)
+
+
 def test_a_sweep_with_failed_trials_and_a_non_finite_loss_are_runtime_failures():
     from bench.errors import NonFiniteLoss, RunFailed
     from bench.tune import SweepFailed
