@@ -53,9 +53,9 @@ def run(
     from bench.run import deviation_text, execute
     from bench.session import find_unfinished_run
 
-    if deviation_text(cfg):
-        recipe = f" recipe {cfg.method.recipe!r}" if hasattr(cfg.method, "recipe") else ""
-        typer.echo(f"{cfg.method_name}:{recipe} with {deviation_text(cfg)} (away from the published recipe; "
+    deviations = deviation_text(cfg)
+    if deviations:
+        typer.echo(f"{cfg.method_name}: {deviations} (away from its published recipe; "
                    f"set by profile {cfg.profile} or --set, bench.toml says why)")
 
     run_id = None
