@@ -29,7 +29,7 @@ app = typer.Typer(
 def run(
     method: str = typer.Option(..., "--method", "-m", help="Method name (see `bench methods`)."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile in bench.toml (default: digits)."),
-    data: Optional[str] = typer.Option(None, "--data", help="toy:NAME | digits | imagefolder:PATH | npz:PATH | latents:DIR"),
+    data: Optional[str] = typer.Option(None, "--data", help="toy:NAME | digits | cifar10[:PATH] | imagefolder:PATH | npz:PATH | latents:DIR"),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: section.key=value or key=value (repeatable)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed (training and evaluation noise)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="MLflow experiment (default: the profile name)."),
@@ -217,7 +217,7 @@ def prepare_latents(
 @app.command()
 def speed(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile in bench.toml (default: digits)."),
-    model: Optional[str] = typer.Option(None, "--model", help="mlp or a DiT preset (DiT-tiny/2, DiT-B/2, ...); default: the profile's."),
+    model: Optional[str] = typer.Option(None, "--model", help="mlp, a DiT preset (DiT-tiny/2, DiT-B/2, ...) or a U-Net preset (UNet-tiny, UNet-cifar); default: the profile's."),
     data: Optional[str] = typer.Option(None, "--data", help="A dataset spec, or synthetic:CxHxW[:CLASSES] (random latent stand-ins)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key (a key only some methods have goes to those)."),
     methods: str = typer.Option("no-teacher", "--methods", help="Comma list, 'all', or 'no-teacher' (teacher methods get an untrained teacher when named)."),

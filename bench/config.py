@@ -25,7 +25,7 @@ from bench.errors import BenchError
 
 @dataclass
 class DataConfig:
-    spec: str = "digits"  # toy:NAME | digits | imagefolder:PATH | npz:PATH | latents:DIR
+    spec: str = "digits"  # toy:NAME | digits | cifar10[:PATH] | imagefolder:PATH | npz:PATH | latents:DIR
     resolution: int = 0  # imagefolder: side after resize + centre crop (0: keep the files' size)
     num_train: int = 50_000  # toys: points drawn once for training (fixed by data_seed)
     data_seed: int = 1234  # toys: seed of the training points and of the reference set
@@ -33,12 +33,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"  # "mlp" (vectors, 2-D points) or "dit" (images / latents)
-    preset: str = ""  # DiT size preset (bench.models.dit.PRESETS); overrides hidden/depth/heads/patch
-    hidden: int = 512  # width
-    depth: int = 3  # hidden layers (mlp) or transformer blocks (dit)
-    heads: int = 4  # attention heads (dit)
+    arch: str = "mlp"  # "mlp" (vectors, 2-D points), "dit" or "unet" (images / latents)
+    preset: str = ""  # size preset: DiT (bench.models.dit.PRESETS) or U-Net (bench.models.unet.PRESETS); overrides hidden/depth/heads/patch/channel_mult/attn_resolutions
+    hidden: int = 512  # width (mlp, dit); base channels (unet)
+    depth: int = 3  # hidden layers (mlp), transformer blocks (dit) or residual blocks per resolution (unet)
+    heads: int = 4  # attention heads (dit, unet)
     patch: int = 2  # patch size (dit)
+    channel_mult: str = "1,2"  # unet: channels per resolution as multiples of hidden, highest resolution first
+    attn_resolutions: str = ""  # unet: resolutions (sides) with self-attention after each block, e.g. "16" (the bottleneck always has one)
+    dropout: float = 0.0  # unet: dropout before each residual block's second convolution (DDPM++ on CIFAR-10: 0.13)
+    scale_shift: bool = False  # unet: the embedding scales and shifts the normalised activations (ADM); False adds it (DDPM++)
     d_scale: float = 1.0  # sinusoid scale of the step-size input d (t uses 1000): 1 keeps the levels d = 1/M, ..., 1 close, so they share what they learn
 
 
@@ -405,8 +409,17 @@ def validate(cfg: Config) -> None:
             raise BenchError(f"{key}.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}.")
     if cfg.eval.precision not in ("auto", "bf16", "fp32"):
         raise BenchError(f"eval.precision must be auto, bf16 or fp32, got {cfg.eval.precision!r}.")
-    if cfg.model.arch not in ("mlp", "dit"):
-        raise BenchError(f"model.arch must be mlp or dit, got {cfg.model.arch!r}.")
+    if cfg.model.arch not in ("mlp", "dit", "unet"):
+        raise BenchError(f"model.arch must be mlp, dit or unet, got {cfg.model.arch!r}.")
+    if cfg.model.preset and cfg.model.arch in ("dit", "unet"):
+        from bench.models.dit import PRESETS as DIT_PRESETS
+        from bench.models.unet import PRESETS as UNET_PRESETS
+
+        known = DIT_PRESETS if cfg.model.arch == "dit" else UNET_PRESETS
+        if cfg.model.preset not in known:
+            raise BenchError(f"model.preset {cfg.model.preset!r} is not a {cfg.model.arch} preset; known: {', '.join(known)}.")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise BenchError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}.")
     if not cfg.model.d_scale > 0:
         raise BenchError(f"model.d_scale must be > 0, got {cfg.model.d_scale}.")
     if cfg.eval.fid_backend not in ("torch-fidelity", "clean-fid"):

@@ -1,7 +1,7 @@
 """Datasets behind one interface: `--data` / `data.spec` -> `Dataset`.
 
 Specs: `toy:eight_gaussians`, `toy:checkerboard`, `digits` (scikit-learn's bundled 8x8 digits),
-`imagefolder:PATH`, `npz:PATH`, `latents:DIR`. More loaders register in `LOADERS` (prefix -> function).
+`cifar10:PATH` (the official python-format CIFAR-10, bench/cifar10.py), `imagefolder:PATH`, `npz:PATH`, `latents:DIR`. More loaders register in `LOADERS` (prefix -> function).
 Data live in model space: images in [-1, 1] as (C, H, W); points and vectors as they are.
 """
 
@@ -257,9 +257,17 @@ def load_latents(path: str, cfg: DataConfig) -> Dataset:
     return latents.load_latents(path, cfg, load_dataset)
 
 
+def load_cifar10(path: str, cfg: DataConfig) -> Dataset:
+    """`cifar10:PATH` (bench/cifar10.py): the 50,000 training images and labels, also the reference set."""
+    from bench.cifar10 import load_cifar10 as load
+
+    return load(path)
+
+
 LOADERS: dict[str, Callable[[str, DataConfig], Dataset]] = {
     "toy": load_toy,
     "digits": lambda _arg, cfg: load_digits(cfg),
+    "cifar10": load_cifar10,
     "imagefolder": load_imagefolder,
     "npz": load_npz,
     "latents": load_latents,
@@ -270,7 +278,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     """`cfg.spec` is `PREFIX` or `PREFIX:ARG` with PREFIX in LOADERS."""
     prefix, _, arg = cfg.spec.partition(":")
     if prefix not in LOADERS:
-        raise BenchError(f"Unknown dataset {cfg.spec!r}; use {', '.join(k + (':...' if k != 'digits' else '') for k in LOADERS)}.")
+        raise BenchError(f"Unknown dataset {cfg.spec!r}; use {', '.join(k + (':...' if k not in ('digits', 'cifar10') else '') for k in LOADERS)}.")
     return LOADERS[prefix](arg, cfg)
 
 

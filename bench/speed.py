@@ -174,9 +174,13 @@ def _model_overrides(model: str | None) -> list[tuple[str, str]]:
     if model == "mlp":
         return [("model.arch", "mlp")]
     from bench.models.dit import PRESETS
+    from bench.models.unet import PRESETS as UNET_PRESETS
 
+    if model in UNET_PRESETS:
+        return [("model.arch", "unet"), ("model.preset", model)]
     if model not in PRESETS:
-        raise BenchError(f"--model {model!r} is neither mlp nor a DiT preset ({', '.join(PRESETS)}).")
+        raise BenchError(f"--model {model!r} is neither mlp nor a DiT preset ({', '.join(PRESETS)}) nor a U-Net preset "
+                         f"({', '.join(UNET_PRESETS)}).")
     return [("model.arch", "dit"), ("model.preset", model)]
 
 
@@ -585,13 +589,16 @@ def header(s: Setup, model_name: str) -> str:
     torch.manual_seed(cfg.seed)
     from bench.models import build_model
 
-    params = count_parameters(build_model(cfg.model, s.data.shape, s.data.num_classes))
+    net = build_model(cfg.model, s.data.shape, s.data.num_classes)
+    params = count_parameters(net)
+    flops = forward_flops(net, s.data.shape, s.data.num_classes, torch.device("cpu"))
     dev = str(s.device)
     if s.device.type == "cuda":
         dev += f" ({torch.cuda.get_device_name(s.device)})"
     else:
         dev += f" ({torch.get_num_threads()} threads)"
-    return (f"bench speed: profile {cfg.profile}, model {model_name} ({params / 1e6:.3g}M parameters), "
+    return (f"bench speed: profile {cfg.profile}, model {model_name} ({params / 1e6:.3g}M parameters, "
+            f"{flops / 1e9:.4g} GFLOP per forward of one row), "
             f"data {s.data.name} {'x'.join(map(str, s.data.shape))} ({s.data.num_classes} classes), "
             f"batch {cfg.train.batch_size}, device {dev}, precision {cfg.train.precision}, "
             f"compile {'on' if cfg.train.compile else 'off'}")

@@ -193,7 +193,7 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
             for var in ("BENCH_INCEPTION_WEIGHTS", "BENCH_CLASSIFIER_WEIGHTS", "TORCH_HOME"):  # paths: absolute for other nodes
                 if os.environ.get(var):
                     env[var] = str(Path(os.environ[var]).expanduser().resolve())
-            for var in ("BENCH_OFFLINE", "BENCH_INCEPTION_URL", "BENCH_CLASSIFIER_URL"):  # the driver's download policy holds in every trial
+            for var in ("BENCH_OFFLINE", "BENCH_INCEPTION_URL", "BENCH_CLASSIFIER_URL", "BENCH_CIFAR10_URL"):  # the driver's download policy holds in every trial
                 if os.environ.get(var):
                     env[var] = os.environ[var]
             trainable = tune.with_resources(run_trial, {"cpu": plan.cpus, "gpu": gpus})
