@@ -29,6 +29,7 @@ class DataConfig:
     resolution: int = 0  # imagefolder: side after resize + centre crop (0: keep the files' size)
     num_train: int = 50_000  # toys: points drawn once for training (fixed by data_seed)
     data_seed: int = 1234  # toys: seed of the training points and of the reference set
+    labels: bool = True  # train on the dataset's labels (class-conditional, CFG); false: unconditional, labels ignored
 
 
 @dataclass

@@ -274,12 +274,51 @@ LOADERS: dict[str, Callable[[str, DataConfig], Dataset]] = {
 }
 
 
+class Unlabelled(Dataset):
+    """A dataset with its labels hidden (data.labels = false): unconditional training and sampling.
+    Everything else (images, reference set, fingerprint, decoding) is the wrapped dataset's."""
+
+    def __init__(self, inner: Dataset):
+        self.inner = inner
+        self.num_classes = 0
+
+    def __getattr__(self, name):  # name, kind, shape, decoder attributes, ...
+        return getattr(self.inner, name)
+
+    @property
+    def latent(self):  # class attributes of Dataset: not reached through __getattr__
+        return self.inner.latent
+
+    @property
+    def modes(self):
+        return self.inner.modes
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def get(self, indices):
+        return self.inner.get(indices)[0], None
+
+    def label_probs(self):
+        return None
+
+    def reference(self):
+        return self.inner.reference()
+
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
+    def to_uint8(self, x):
+        return self.inner.to_uint8(x)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """`cfg.spec` is `PREFIX` or `PREFIX:ARG` with PREFIX in LOADERS."""
     prefix, _, arg = cfg.spec.partition(":")
     if prefix not in LOADERS:
         raise BenchError(f"Unknown dataset {cfg.spec!r}; use {', '.join(k + (':...' if k not in ('digits', 'cifar10') else '') for k in LOADERS)}.")
-    return LOADERS[prefix](arg, cfg)
+    data = LOADERS[prefix](arg, cfg)
+    return data if cfg.labels or not data.num_classes else Unlabelled(data)
 
 
 

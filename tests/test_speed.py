@@ -55,8 +55,10 @@ def host_copies(monkeypatch, device):
 
 
 @pytest.mark.parametrize("arch", [["model.arch=mlp", "model.hidden=32"],
-                                  ["model.arch=dit", "model.hidden=32", "model.depth=1", "model.heads=2"]],
-                         ids=["mlp", "dit"])
+                                  ["model.arch=dit", "model.hidden=32", "model.depth=1", "model.heads=2"],
+                                  ["model.arch=unet", "model.hidden=8", "model.depth=1", "model.heads=1",
+                                   "model.channel_mult=1,2", "model.attn_resolutions=4", "model.dropout=0.1"]],
+                         ids=["mlp", "dit", "unet"])
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_train_step_never_waits_for_the_device(name, arch, monkeypatch):
     """Everything in Trainer.train_step and the per-step accumulation, with the fused AdamW the
