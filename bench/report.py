@@ -35,7 +35,7 @@ GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.", "c
 # identified by a hash param
 PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.checkpoint_step", "eval.checkpoint_ema_sha256",
            "eval.inception_weights", "method.classifier_weights"}
-FLOORS = ("fresh", "fresh_se", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
+FLOORS = ("fresh", "fresh_se", "fresh_sd", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
 CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (seeds) of a row "
            "(n - 1 degrees of freedom); a single run shows its value")
 
@@ -222,9 +222,7 @@ def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     _lines(ax, stats, "group", "steps", order, floor)
     steps = sorted(fid["steps"].unique())
-    fl = floors(fid)
-    if len(fl) == 1 and floor < fl["fresh"].iloc[0] < top:
-        ax.axhline(fl["fresh"].iloc[0], color="0.35", ls=":", lw=1.2, label="floor: new data")
+    draw_floor(ax, floors(fid), floor, top)
     axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
     axis(ax, "y", floor, top)
     ax.set_ylim(floor, top)
@@ -322,15 +320,34 @@ def floors(fid: pd.DataFrame) -> pd.DataFrame:
     return have.groupby(["feature_space", "num_samples"], as_index=False)[list(FLOORS)].mean()
 
 
+def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float) -> None:
+    """The fresh-data floor as a dotted line and, where the runs logged it, the band floor ± one
+    perfect-sampler run's sd (fid_floor_fresh_sd), clipped to the axis (lo, hi); one reference set only."""
+    if len(fl) != 1:
+        return
+    f, sd = float(fl["fresh"].iloc[0]), float(fl["fresh_sd"].iloc[0]) if "fresh_sd" in fl else math.nan
+    if not math.isnan(sd) and f - sd < hi and f + sd > lo:
+        ax.axhspan(max(f - sd, lo), min(f + sd, hi), color="0.5", alpha=0.15, lw=0,
+                   label="floor ± sd of one perfect-sampler run")
+    if lo < f < hi:
+        ax.axhline(f, color="0.35", ls=":", lw=1.2, label="floor: new data")
+
+
 def floor_note(fid: pd.DataFrame) -> str:
     rows = floors(fid)
     if rows.empty:
         return ""
-    parts = [f"{r.fresh:.3g} ± {r.fresh_se:.1g} (s.e.) for new data from the reference's distribution and {r.copy:.3g} for copies of "
+
+    def spread(r) -> str:
+        sd = "" if math.isnan(r.fresh_sd) else f"one perfect-sampler run lands within ± {r.fresh_sd:.2g} of it (1 sd); "
+        return f"({sd}s.e. of this mean {r.fresh_se:.1g})"
+
+    parts = [f"{r.fresh:.3g} {spread(r)} for new data from the reference's distribution and {r.copy:.3g} for copies of "
              f"reference images ({r.feature_space}, {r.num_samples} samples)" for r in rows.itertuples()]
     return ("\nFID floor, what a perfect sampler scores against this reference set (the runs' fid_floor_* "
             f"metrics): {'; '.join(parts)}. Below the first, samples are closer to the reference images than "
-            "new data would be; differences between rows near it are the estimate's, not the methods'.\n")
+            "new data would be; a single run within about one sd of the floor cannot be told from a perfect sampler, "
+            "and differences between rows near it are the estimate's, not the methods'.\n")
 
 
 def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:
