@@ -117,10 +117,20 @@ def report(
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", "-e", help="Experiment(s) to report (default: every experiment)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $BENCH_STORE/reports/<experiment>/, outside git; the reference results: --out results/<experiment>)."),
     ratio: Optional[str] = typer.Option(None, "--ratio", help="A/B, e.g. shortcut/flow_matching: also ratio_A_B.md, FID of A over FID of B at every n, for runs set up alike."),
+    from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Instead of the store: paired.md/.csv for a report's metrics.csv (into --out, default: the CSV's folder)."),
 ):
     """Read the tracking store only; per experiment write table.md (FID at M, 4, 1 steps: mean ± 95 % t-interval
-    over seeds, one row per group of like runs), fid_vs_steps.png/.svg and metrics.csv. KID in metrics.csv is in
-    the feature space's raw units (not x1000)."""
+    over seeds, one row per group of like runs), fid_vs_steps.png/.svg, metrics.csv and paired.md/.csv (per-seed
+    differences between groups sharing seeds and evaluation noise). KID in metrics.csv is in the feature space's
+    raw units (not x1000)."""
+    if from_csv is not None:
+        if experiment or ratio:
+            raise BenchError("--from-csv reads one metrics.csv: it takes no --experiment or --ratio.")
+        from bench.paired import from_csv as paired_from_csv
+
+        for path in paired_from_csv(from_csv, out or from_csv.parent):
+            typer.echo(f"wrote {path}")
+        return
     from bench.report import write_reports
 
     pair = None

@@ -6,7 +6,10 @@ $BENCH_STORE/reports/<experiment>/ unless --out says where (the committed refere
   the mean over the group's runs (seeds) with its 95 % Student-t interval as a band;
 - table.md: FID at M, 4 and 1 steps per group, `mean ± half-width of the 95 % t-interval` and
   the number of runs;
-- metrics.csv: one row per run, metric and step, with each run's group;
+- metrics.csv: one row per run, metric and step, with each run's group, commit, evaluation seed,
+  reference set, teacher hash and FID floor;
+- paired.md / paired.csv (two groups or more): per-seed differences between groups that share seeds
+  and evaluation noise, with their 95 % t-intervals (bench.paired);
 - several methods: fid_vs_compute.png/.svg (FID at 1, 4 and M steps against training compute);
   one method's sweep: fid_vs_swept.png/.svg and .csv (FID against the swept value).
 
@@ -76,6 +79,7 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             "train_compute": training_compute(params),
             # what a perfect sampler scores here (bench.metrics.fid_floor); nan for runs before it was logged
             **{k: run.data.metrics.get(f"fid_floor_{k}", math.nan) for k in FLOORS},
+            **run_identity(tags, params),
         }
         group = {k: v for k, v in params.items() if k.startswith(GROUP_PREFIXES) and k not in PER_RUN}
         base["config"] = json.dumps({"method": base["method"], "profile": base["profile"], "dataset": base["dataset"],
@@ -86,6 +90,18 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             for m in c.get_metric_history(run.info.run_id, key):
                 rows.append({**base, "steps": int(m.step), "metric": key, "value": float(m.value)})
     return label_groups(pd.DataFrame(rows))
+
+
+def run_identity(tags: dict[str, str], params: dict[str, str]) -> dict[str, str]:
+    """What metrics.csv records of a run beyond its group, for checking which code made a row and for
+    pairing runs (bench.paired): the commit, the evaluation seed, the reference set's fingerprint and
+    the teacher's weights' hash ("" for a method without a teacher)."""
+    return {"git_commit": tags.get("git_commit", ""), "eval_seed": params.get("eval.seed", ""),
+            "reference": params.get("eval.reference_fingerprint", ""), "teacher_sha256": params.get("teacher.ema_sha256", "")}
+
+
+# metrics.csv's columns after the group's: the run's identity and its floor (bench.metrics.fid_floor)
+RUN_COLUMNS = ("git_commit", "eval_seed", "reference", "teacher_sha256", *(f"fid_floor_{k}" for k in FLOORS))
 
 
 def _settable() -> set[str]:
@@ -459,7 +475,8 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
     columns = ["run_id", "group", *[k for k in keys if k not in ("method", "profile")], "method", "dataset", "profile",
                "seed", "num_samples", "feature_space", "swept", "train_examples", "teacher_examples", "train_compute",
                "steps", "metric", "value"]
-    csv = df[list(dict.fromkeys(columns))].to_csv(index=False)
+    frame = df.rename(columns={k: f"fid_floor_{k}" for k in FLOORS})
+    csv = frame[list(dict.fromkeys(columns + list(RUN_COLUMNS)))].to_csv(index=False)
     written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(csv.encode()))]
     written += plot_fid_vs_steps(df, out / "fid_vs_steps.png", experiment)
     written.append(atomic_write(out / "table.md", lambda fh: fh.write(fid_table(df).encode())))
@@ -469,6 +486,9 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
         written += plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment)
         table = swept_table(df).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(table.encode())))
+    from bench.paired import write_paired
+
+    written += write_paired(df, out)  # pairs of groups on shared seeds and evaluation noise
     if ratio:
         text = ratio_table(df, *ratio)
         written.append(atomic_write(out / f"ratio_{ratio[0]}_{ratio[1]}.md", lambda fh: fh.write(text.encode())))
