@@ -178,9 +178,10 @@ def digits_classifier(
 def digits_probe(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default: the shipped file)."),
     seed: int = typer.Option(1, "--seed"),
-    epochs: int = typer.Option(30, "--epochs"),
+    epochs: int = typer.Option(120, "--epochs"),
 ):
-    """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network)."""
+    """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network): on the 360
+    digits the FID classifier held out, its accuracy on the 1,437 the FID classifier trained on."""
     from bench.digits_probe import train_probe
 
     _retrain_digits_net(train_probe, seed, epochs, out)
@@ -192,7 +193,9 @@ def _retrain_digits_net(train, seed: int, epochs: int, out: Optional[Path]) -> N
     torch.set_num_threads(min(2, torch.get_num_threads()))
     r = train(seed=seed, epochs=epochs, out=out)
     typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
-               f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+               f"(train {r['train_accuracy']:.4f} on {r['num_train']}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+    if "cka_vs_fid_features" in r:
+        typer.echo(f"linear CKA of its features against the FID classifier's on the 1,797 digits: {r['cka_vs_fid_features']:.3f}")
 
 
 @app.command("prepare-latents")
