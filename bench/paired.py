@@ -151,13 +151,30 @@ def _cell(r) -> str:
     return f"{r.diff_mean:+.3g} ± {r.diff_half:.2g}{mark}"
 
 
+def short_names(groups) -> dict[str, str]:
+    """A group label -> its method, numbered where a method has several groups ("shortcut [2]")."""
+    from bench.report import _sort_key
+
+    groups = sorted(set(groups), key=_sort_key)
+    method = {g: str(g).split(",")[0].strip() for g in groups}
+    out = {}
+    for g in groups:
+        same = [h for h in groups if method[h] == method[g]]
+        out[g] = method[g] if len(same) == 1 else f"{method[g]} [{same.index(g) + 1}]"
+    return out
+
+
 def paired_markdown(pairs: pd.DataFrame, skipped: pd.DataFrame, unchecked: list[str], metric: str = "fid",
-                    source: str = "") -> str:
-    """The compact table (n = 1, 2, 4, M per pair), the orderings only pairing calls, and the groups
-    left unpaired with the reason."""
+                    source: str = "", title: str = "") -> str:
+    """The compact table (n = 1, 2, 4, M per pair), the orderings only pairing calls there, and the
+    groups left unpaired with the reason. Groups go by short names, listed with their full labels."""
     out = [f"# Paired differences of {metric.upper()} between groups run on the same seeds", ""]
     if source:
         out += [source, ""]
+    name = short_names([*pairs["group_a"], *pairs["group_b"], *skipped["group_a"], *skipped["group_b"]])
+    if any(k != v for k, v in name.items()):
+        out += [f"| name | group ({title or 'the report’s group label'}) |", "|---|---|"]
+        out += [f"| {v} | {k} |" for k, v in name.items()] + [""]
     out += [f"Each cell: d = {metric.upper()}(A) - {metric.upper()}(B), the mean over the shared seeds of the per-seed "
             "difference ± the half-width of its 95 % Student-t interval (n_seeds - 1 degrees of freedom). "
             "**A** / **B**: the interval excludes 0 and that group scores lower (better); "
@@ -175,18 +192,22 @@ def paired_markdown(pairs: pd.DataFrame, skipped: pd.DataFrame, unchecked: list[
         for (a, b), p in pairs.groupby(["group_a", "group_b"], sort=False):
             cells = {t: _cell(p[p["steps"] == n].iloc[0]) for t, n in _compact_steps(p).items()}
             cells["n = M"] = f"({int(p['steps'].max())}) " + cells["n = M"]
-            out.append(f"| {a} | {b} | {p['seeds'].iloc[0]} | " + " | ".join(cells.get(t, "-") for t in titles) + " |")
-        called = pairs[pairs["excludes_0"] & pairs["unpaired_overlap"]]
-        out += ["", "## Orderings the paired intervals call and the unpaired ones do not", ""]
+            out.append(f"| {name[a]} | {name[b]} | {p['seeds'].iloc[0]} | " + " | ".join(cells.get(t, "-") for t in titles) + " |")
+        compact = pd.concat([p[p["steps"].isin(_compact_steps(p).values())] for _, p in pairs.groupby(["group_a", "group_b"], sort=False)])
+        called = compact[compact["excludes_0"] & compact["unpaired_overlap"]]
+        every = int((pairs["excludes_0"] & pairs["unpaired_overlap"]).sum())
+        out += ["", "## Orderings the paired intervals call and the unpaired ones do not (n = 1, 2, 4, M)", ""]
         if called.empty:
             out.append("None.")
-        for r in called.itertuples():
+        for r in called.sort_values(["steps", "group_a", "group_b"]).itertuples():
             lo, hi = (r.group_a, r.group_b) if r.diff_mean < 0 else (r.group_b, r.group_a)
-            out.append(f"- n = {r.steps}: {lo} < {hi} (d = {r.diff_mean:+.3g} ± {r.diff_half:.2g}; A {r.a_mean:.4g} ± "
-                       f"{r.a_half:.2g}, B {r.b_mean:.4g} ± {r.b_half:.2g})")
+            out.append(f"- n = {r.steps}: {name[lo]} < {name[hi]} (d = {r.diff_mean:+.3g} ± {r.diff_half:.2g}; "
+                       f"{name[r.group_a]} {r.a_mean:.4g} ± {r.a_half:.2g}, {name[r.group_b]} {r.b_mean:.4g} ± {r.b_half:.2g})")
+        out += ["", f"At every n (paired.csv): {every} such cells of {len(pairs)}; "
+                    f"{int(pairs['excludes_0'].sum())} cells exclude 0 in all."]
     if not skipped.empty:
         out += ["", "## Not paired", ""]
-        out += [f"- {r.group_a} / {r.group_b}: {r.reason}" for r in skipped.itertuples()]
+        out += [f"- {name[r.group_a]} / {name[r.group_b]}: {r.reason}" for r in skipped.itertuples()]
     return "\n".join(out) + "\n"
 
 
@@ -197,7 +218,8 @@ def write_paired(df: pd.DataFrame, out: Path, source: str = "", metric: str = "f
     if df[df["metric"] == metric]["group"].nunique() < 2:
         return []
     pairs, skipped, unchecked = paired_table(df, metric)
-    text = paired_markdown(pairs, skipped, unchecked, metric, source)
+    keys = df.attrs.get("group_keys") or [c for c in df.columns if c.startswith(("method.", "data.", "model.", "train.", "eval."))]
+    text = paired_markdown(pairs, skipped, unchecked, metric, source, title=", ".join(["method", *[k for k in keys if k != "method"]]))
     csv = pd.concat([pairs, skipped.assign(steps=pd.NA)], ignore_index=True).to_csv(index=False, float_format="%.6g")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
