@@ -211,6 +211,39 @@ def paired_markdown(pairs: pd.DataFrame, skipped: pd.DataFrame, unchecked: list[
     return "\n".join(out) + "\n"
 
 
+def plot_paired_matrix(pairs: pd.DataFrame, path: Path, names: dict[str, str], title: str = "") -> list[Path]:
+    """One panel per n in (1, 2, 4, M): row group against column group, the cell coloured where the
+    paired interval excludes 0 (blue: the row scores lower, red: the column does), grey where it does
+    not, blank where the two are not paired; the mean difference row - column written in the cell."""
+    import numpy as np
+
+    from bench.plots import pyplot, save
+
+    plt = pyplot()
+    order = list(names)
+    M = int(pairs["steps"].max())
+    cols = [n for n in (*COMPACT_AT, M) if n in set(pairs["steps"]) and (n < M or n == M)]
+    cols = list(dict.fromkeys(cols))
+    k = len(order)
+    fig, axes = plt.subplots(1, len(cols), figsize=(0.42 * k * len(cols) + 2.5, 0.42 * k + 1.6), dpi=120, squeeze=False)
+    for ax, n in zip(axes[0], cols):
+        colour = np.ones((k, k, 3))
+        at = pairs[pairs["steps"] == n]
+        for r in at.itertuples():
+            i, j = order.index(r.group_a), order.index(r.group_b)
+            for (x, y, d) in ((i, j, r.diff_mean), (j, i, -r.diff_mean)):
+                c = (0.85, 0.85, 0.85) if not r.excludes_0 else ((0.35, 0.55, 0.85) if d < 0 else (0.85, 0.4, 0.35))
+                colour[x, y] = c
+                ax.text(y, x, f"{d:+.2g}", ha="center", va="center", fontsize=5)
+        ax.imshow(colour, interpolation="nearest")
+        ax.set_xticks(range(k), [names[g] for g in order], rotation=90, fontsize=6)
+        ax.set_yticks(range(k), [names[g] for g in order] if ax is axes[0][0] else [], fontsize=6)
+        ax.set_title(f"n = {n}" + (" (M)" if n == M else ""), fontsize=8)
+    fig.suptitle((f"{title}: " if title else "") + "paired FID difference row - column over shared seeds; blue: row lower, "
+                 "red: column lower (95 % t-interval excludes 0), grey: not called, blank: not paired", fontsize=7)
+    return save(fig, path)
+
+
 def write_paired(df: pd.DataFrame, out: Path, source: str = "", metric: str = "fid") -> list[Path]:
     """paired.md and paired.csv in `out` where the frame has two groups or more; else nothing."""
     from bench.checkpoint import atomic_write
@@ -223,8 +256,12 @@ def write_paired(df: pd.DataFrame, out: Path, source: str = "", metric: str = "f
     csv = pd.concat([pairs, skipped.assign(steps=pd.NA)], ignore_index=True).to_csv(index=False, float_format="%.6g")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return [atomic_write(out / "paired.md", lambda fh: fh.write(text.encode())),
-            atomic_write(out / "paired.csv", lambda fh: fh.write(csv.encode()))]
+    written = [atomic_write(out / "paired.md", lambda fh: fh.write(text.encode())),
+               atomic_write(out / "paired.csv", lambda fh: fh.write(csv.encode()))]
+    if not pairs.empty:
+        names = short_names([*pairs["group_a"], *pairs["group_b"]])
+        written += plot_paired_matrix(pairs, out / "paired_matrix.png", names)
+    return written
 
 
 def from_csv(path: Path, out: Path) -> list[Path]:

@@ -65,7 +65,7 @@ def test_the_paired_interval_separates_what_the_unpaired_ones_cannot(tmp_path):
     assert not pairs[pairs["steps"] == 8].iloc[0].excludes_0
 
     written = {p.name for p in write_report("p", tmp_path / "out")}
-    assert {"paired.md", "paired.csv", "metrics.csv"} <= written
+    assert {"paired.md", "paired.csv", "metrics.csv", "paired_matrix.png", "paired_matrix.svg"} <= written
     md = (tmp_path / "out" / "paired.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| flow_matching | shortcut |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
