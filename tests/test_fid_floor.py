@@ -92,3 +92,20 @@ def test_a_run_logs_its_floor_and_the_report_prints_it(tmp_path):
     assert f"{metrics['fid_floor_fresh']:.3g} (one perfect-sampler run lands within ± {metrics['fid_floor_fresh_sd']:.2g}" in table
     assert "(coords, 500 samples)" in table and metrics["fid_floor_fresh_sd"] > metrics["fid_floor_fresh_se"]
     assert "table.md" in {p.name for p in write_report("floor", tmp_path / "out")}
+
+
+def test_the_report_shades_the_floor_plus_minus_one_runs_sd():
+    import pandas as pd
+
+    from bench.plots import pyplot
+    from bench.report import draw_floor
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    draw_floor(ax, pd.DataFrame({"fresh": [3.5], "fresh_sd": [1.25], "fresh_se": [0.2], "copy": [1.7]}), 1.0, 100.0)
+    assert len(ax.patches) == 1  # the band: floor ± sd, in data units on y
+    band = ax.patches[0]
+    ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+    assert min(ys) == pytest.approx(2.25) and max(ys) == pytest.approx(4.75)
+    assert [ln.get_ydata()[0] for ln in ax.lines] == [3.5]
+    plt.close(fig)
