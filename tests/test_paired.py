@@ -106,6 +106,18 @@ def test_groups_with_other_evaluation_noise_or_teachers_are_not_paired():
     assert r.diff_mean == pytest.approx(-0.5) and r.diff_half == pytest.approx(0, abs=1e-9)
 
 
+def test_groups_evaluated_with_other_sample_counts_are_not_paired():
+    two_methods("r")
+    for s, e in enumerate(SEED_EFFECT):
+        add_run("r", "consistency_training", s, {1: 21 + e, 8: 5.0}, **{"eval.num_samples": 200})
+    df = collect("r")
+    pairs, skipped, _ = paired_table(df)
+    label = {m: df.loc[df["method"] == m, "group"].iloc[0] for m in ("consistency_training", "flow_matching", "shortcut")}
+    why = {(r.group_a, r.group_b): r.reason for r in skipped.itertuples()}
+    assert "samples per n differs at seed 0 (200 vs 100)" in why[(label["consistency_training"], label["flow_matching"])]
+    assert set(zip(pairs["group_a"], pairs["group_b"])) == {(label["flow_matching"], label["shortcut"])}
+
+
 def test_t_interval_by_hand():
     m, h, n = t_interval([1.0, 2.0, 4.0, 5.0, 3.0])
     assert (m, n) == (3.0, 5) and h == pytest.approx(T_975_4 * math.sqrt(2.5) / math.sqrt(5))
