@@ -222,8 +222,7 @@ def plot_paired_matrix(pairs: pd.DataFrame, path: Path, names: dict[str, str], t
     plt = pyplot()
     order = list(names)
     M = int(pairs["steps"].max())
-    cols = [n for n in (*COMPACT_AT, M) if n in set(pairs["steps"]) and (n < M or n == M)]
-    cols = list(dict.fromkeys(cols))
+    cols = list(dict.fromkeys(n for n in (*COMPACT_AT, M) if n in set(pairs["steps"])))
     k = len(order)
     fig, axes = plt.subplots(1, len(cols), figsize=(0.42 * k * len(cols) + 2.5, 0.42 * k + 1.6), dpi=120, squeeze=False)
     for ax, n in zip(axes[0], cols):
