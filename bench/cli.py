@@ -117,10 +117,20 @@ def report(
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", "-e", help="Experiment(s) to report (default: every experiment)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $BENCH_STORE/reports/<experiment>/, outside git; the reference results: --out results/<experiment>)."),
     ratio: Optional[str] = typer.Option(None, "--ratio", help="A/B, e.g. shortcut/flow_matching: also ratio_A_B.md, FID of A over FID of B at every n, for runs set up alike."),
+    from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Instead of the store: paired.md/.csv for a report's metrics.csv (into --out, default: the CSV's folder)."),
 ):
     """Read the tracking store only; per experiment write table.md (FID at M, 4, 1 steps: mean ± 95 % t-interval
-    over seeds, one row per group of like runs), fid_vs_steps.png/.svg and metrics.csv. KID in metrics.csv is in
-    the feature space's raw units (not x1000)."""
+    over seeds, one row per group of like runs), fid_vs_steps.png/.svg, metrics.csv and paired.md/.csv (per-seed
+    differences between groups sharing seeds and evaluation noise). KID in metrics.csv is in the feature space's
+    raw units (not x1000)."""
+    if from_csv is not None:
+        if experiment or ratio:
+            raise BenchError("--from-csv reads one metrics.csv: it takes no --experiment or --ratio.")
+        from bench.paired import from_csv as paired_from_csv
+
+        for path in paired_from_csv(from_csv, out or from_csv.parent):
+            typer.echo(f"wrote {path}")
+        return
     from bench.report import write_reports
 
     pair = None
@@ -168,9 +178,10 @@ def digits_classifier(
 def digits_probe(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default: the shipped file)."),
     seed: int = typer.Option(1, "--seed"),
-    epochs: int = typer.Option(30, "--epochs"),
+    epochs: int = typer.Option(120, "--epochs"),
 ):
-    """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network)."""
+    """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network): on the 360
+    digits the FID classifier held out, its accuracy on the 1,437 the FID classifier trained on."""
     from bench.digits_probe import train_probe
 
     _retrain_digits_net(train_probe, seed, epochs, out)
@@ -182,7 +193,9 @@ def _retrain_digits_net(train, seed: int, epochs: int, out: Optional[Path]) -> N
     torch.set_num_threads(min(2, torch.get_num_threads()))
     r = train(seed=seed, epochs=epochs, out=out)
     typer.echo(f"held-out accuracy {r['heldout_accuracy']:.4f} on {r['num_heldout']} digits "
-               f"(train {r['train_accuracy']:.4f}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+               f"(train {r['train_accuracy']:.4f} on {r['num_train']}); weights sha256 {r['weights_sha256']} -> {r['path']}")
+    if "cka_vs_fid_features" in r:
+        typer.echo(f"linear CKA of its features against the FID classifier's on the 1,797 digits: {r['cka_vs_fid_features']:.3f}")
 
 
 @app.command("prepare-latents")

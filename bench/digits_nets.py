@@ -28,18 +28,33 @@ def load_weights(model: nn.Module, path: Path | str, what: str, command: str) ->
     return model.eval().requires_grad_(False)
 
 
-def train_on_digits(make_model: Callable[[], nn.Module], seed: int, epochs: int, lr: float, out: Path) -> dict[str, float]:
-    """Train on a stratified 80 % split (by `seed`) with one-pixel shifts as augmentation; report the
-    held-out accuracy; write the weights atomically as .npz. Deterministic on the CPU."""
+FID_CLASSIFIER_SEED = 0  # the shipped FID classifier's seed, which also draws its 80 % training split
+
+
+def stratified_split(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices into the 1,797 digits: a stratified 80 / 20 split drawn by `seed`
+    (the FID classifier's with FID_CLASSIFIER_SEED)."""
     from sklearn.model_selection import train_test_split
 
+    from bench.digits_arrays import load_digits_arrays
+
+    labels = load_digits_arrays()[1]
+    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=labels)
+    return idx_train, idx_test
+
+
+def train_on_digits(make_model: Callable[[], nn.Module], seed: int, epochs: int, lr: float, out: Path,
+                    split: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """Train on `split` = (training, held-out) indices, by default a stratified 80 % split drawn by
+    `seed`, with one-pixel shifts as augmentation; report the held-out accuracy; write the weights
+    atomically as .npz. Deterministic on the CPU."""
     from bench.checkpoint import atomic_write, state_hash
     from bench.digits_arrays import load_digits_arrays
 
     images, labels = load_digits_arrays()
     x = torch.from_numpy(images / 8.0 - 1.0)[:, None]
     y = torch.from_numpy(labels)
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=seed, stratify=labels)
+    idx_train, idx_test = split if split is not None else stratified_split(seed)
     torch.manual_seed(seed)  # the model's initialisation
     g = torch.Generator().manual_seed(seed)
     model = make_model()
@@ -64,5 +79,5 @@ def train_on_digits(make_model: Callable[[], nn.Module], seed: int, epochs: int,
         train_acc = (model(xtr).argmax(1) == ytr).float().mean().item()
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     atomic_write(out, lambda fh: np.savez(fh, **state))
-    return {"heldout_accuracy": acc, "train_accuracy": train_acc, "num_heldout": len(idx_test),
-            "weights_sha256": state_hash(model.state_dict()), "path": str(out)}
+    return {"heldout_accuracy": acc, "train_accuracy": train_acc, "num_heldout": len(idx_test), "num_train": len(idx_train),
+            "train_indices": np.sort(np.asarray(idx_train)), "weights_sha256": state_hash(model.state_dict()), "path": str(out)}

@@ -166,7 +166,9 @@ class Evaluator:
         path = self.cache_dir / f"floor-{self.cache_name()[:-4]}-n{N}-s{splits}.json"
         if path.is_file():
             try:
-                return json.loads(path.read_text())
+                cached = json.loads(path.read_text())
+                if not cached or "fid_floor_fresh_sd" in cached:  # a cache from before the sd was logged is redone
+                    return cached
             except ValueError:
                 pass
         floor = M.fid_floor(ref, N, splits)

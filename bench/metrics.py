@@ -61,7 +61,14 @@ def fid_floor(ref: np.ndarray, num_samples: int, splits: int | None = None, seed
       bias grows as 1/n_a + 1/n_b (the mean term exactly, the trace term to first order; Chong &
       Forsyth 2020), so the FID of two disjoint random halves of the reference, divided by
       1/n_1 + 1/n_2, estimates the slope c, and the floor is c (1/num_samples + 1/N_ref);
-      fid_floor_fresh_se is its standard error over the splits.
+      fid_floor_fresh_se is its standard error over the splits (how well the mean is known).
+    - fid_floor_fresh_sd: how far ONE perfect-sampler run lands from fid_floor_fresh: the standard
+      deviation of the split FIDs, each scaled by the same factor. To first order FID between two
+      samples of one distribution is (1/n_a + 1/n_b) times a fixed quadratic form of Gaussian
+      fluctuations (the mean term and the covariance term both), so its whole distribution, spread
+      included, scales like its mean; a split is one draw of fresh data against fresh reference data,
+      so this is the spread over both the samples and the reference set (checked against
+      simulated Gaussians in tests/test_fid_floor.py). sd = se x sqrt(splits): the s.e. is not it.
     - fid_floor_copy: a sampler that reproduces reference images: `num_samples` rows drawn with
       replacement from `ref`, against `ref`. A model that scores under fid_floor_fresh is closer to
       the reference images than new data would be (when they are its training data: it copies them).
@@ -83,6 +90,7 @@ def fid_floor(ref: np.ndarray, num_samples: int, splits: int | None = None, seed
     scale = 1 / num_samples + 1 / n_ref
     return {"fid_floor_fresh": float(np.mean(slopes)) * scale,
             "fid_floor_fresh_se": float(np.std(slopes, ddof=1) / np.sqrt(splits)) * scale,
+            "fid_floor_fresh_sd": float(np.std(slopes, ddof=1)) * scale,
             "fid_floor_copy": float(np.mean(copies))}
 
 

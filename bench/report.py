@@ -6,7 +6,10 @@ $BENCH_STORE/reports/<experiment>/ unless --out says where (the committed refere
   the mean over the group's runs (seeds) with its 95 % Student-t interval as a band;
 - table.md: FID at M, 4 and 1 steps per group, `mean ± half-width of the 95 % t-interval` and
   the number of runs;
-- metrics.csv: one row per run, metric and step, with each run's group;
+- metrics.csv: one row per run, metric and step, with each run's group, commit, evaluation seed,
+  reference set, teacher hash and FID floor;
+- paired.md / paired.csv (two groups or more): per-seed differences between groups that share seeds
+  and evaluation noise, with their 95 % t-intervals (bench.paired);
 - several methods: fid_vs_compute.png/.svg (FID at 1, 4 and M steps against training compute);
   one method's sweep: fid_vs_swept.png/.svg and .csv (FID against the swept value).
 
@@ -35,7 +38,7 @@ GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.", "c
 # identified by a hash param
 PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.checkpoint_step", "eval.checkpoint_ema_sha256",
            "eval.inception_weights", "method.classifier_weights"}
-FLOORS = ("fresh", "fresh_se", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
+FLOORS = ("fresh", "fresh_se", "fresh_sd", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
 CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (seeds) of a row "
            "(n - 1 degrees of freedom); a single run shows its value")
 
@@ -76,6 +79,7 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             "train_compute": training_compute(params),
             # what a perfect sampler scores here (bench.metrics.fid_floor); nan for runs before it was logged
             **{k: run.data.metrics.get(f"fid_floor_{k}", math.nan) for k in FLOORS},
+            **run_identity(tags, params),
         }
         group = {k: v for k, v in params.items() if k.startswith(GROUP_PREFIXES) and k not in PER_RUN}
         base["config"] = json.dumps({"method": base["method"], "profile": base["profile"], "dataset": base["dataset"],
@@ -86,6 +90,18 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
             for m in c.get_metric_history(run.info.run_id, key):
                 rows.append({**base, "steps": int(m.step), "metric": key, "value": float(m.value)})
     return label_groups(pd.DataFrame(rows))
+
+
+def run_identity(tags: dict[str, str], params: dict[str, str]) -> dict[str, str]:
+    """What metrics.csv records of a run beyond its group, for checking which code made a row and for
+    pairing runs (bench.paired): the commit, the evaluation seed, the reference set's fingerprint and
+    the teacher's weights' hash ("" for a method without a teacher)."""
+    return {"git_commit": tags.get("git_commit", ""), "eval_seed": params.get("eval.seed", ""),
+            "reference": params.get("eval.reference_fingerprint", ""), "teacher_sha256": params.get("teacher.ema_sha256", "")}
+
+
+# metrics.csv's columns after the group's: the run's identity and its floor (bench.metrics.fid_floor)
+RUN_COLUMNS = ("git_commit", "eval_seed", "reference", "teacher_sha256", *(f"fid_floor_{k}" for k in FLOORS))
 
 
 def _settable() -> set[str]:
@@ -222,9 +238,7 @@ def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     _lines(ax, stats, "group", "steps", order, floor)
     steps = sorted(fid["steps"].unique())
-    fl = floors(fid)
-    if len(fl) == 1 and floor < fl["fresh"].iloc[0] < top:
-        ax.axhline(fl["fresh"].iloc[0], color="0.35", ls=":", lw=1.2, label="floor: new data")
+    draw_floor(ax, floors(fid), floor, top)
     axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
     axis(ax, "y", floor, top)
     ax.set_ylim(floor, top)
@@ -322,15 +336,34 @@ def floors(fid: pd.DataFrame) -> pd.DataFrame:
     return have.groupby(["feature_space", "num_samples"], as_index=False)[list(FLOORS)].mean()
 
 
+def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float) -> None:
+    """The fresh-data floor as a dotted line and, where the runs logged it, the band floor ± one
+    perfect-sampler run's sd (fid_floor_fresh_sd), clipped to the axis (lo, hi); one reference set only."""
+    if len(fl) != 1:
+        return
+    f, sd = float(fl["fresh"].iloc[0]), float(fl["fresh_sd"].iloc[0]) if "fresh_sd" in fl else math.nan
+    if not math.isnan(sd) and f - sd < hi and f + sd > lo:
+        ax.axhspan(max(f - sd, lo), min(f + sd, hi), color="0.5", alpha=0.15, lw=0,
+                   label="floor ± sd of one perfect-sampler run")
+    if lo < f < hi:
+        ax.axhline(f, color="0.35", ls=":", lw=1.2, label="floor: new data")
+
+
 def floor_note(fid: pd.DataFrame) -> str:
     rows = floors(fid)
     if rows.empty:
         return ""
-    parts = [f"{r.fresh:.3g} ± {r.fresh_se:.1g} (s.e.) for new data from the reference's distribution and {r.copy:.3g} for copies of "
+
+    def spread(r) -> str:
+        sd = "" if math.isnan(r.fresh_sd) else f"one perfect-sampler run lands within ± {r.fresh_sd:.2g} of it (1 sd); "
+        return f"({sd}s.e. of this mean {r.fresh_se:.1g})"
+
+    parts = [f"{r.fresh:.3g} {spread(r)} for new data from the reference's distribution and {r.copy:.3g} for copies of "
              f"reference images ({r.feature_space}, {r.num_samples} samples)" for r in rows.itertuples()]
     return ("\nFID floor, what a perfect sampler scores against this reference set (the runs' fid_floor_* "
             f"metrics): {'; '.join(parts)}. Below the first, samples are closer to the reference images than "
-            "new data would be; differences between rows near it are the estimate's, not the methods'.\n")
+            "new data would be; a single run within about one sd of the floor cannot be told from a perfect sampler, "
+            "and differences between rows near it are the estimate's, not the methods'.\n")
 
 
 def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:
@@ -442,7 +475,8 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
     columns = ["run_id", "group", *[k for k in keys if k not in ("method", "profile")], "method", "dataset", "profile",
                "seed", "num_samples", "feature_space", "swept", "train_examples", "teacher_examples", "train_compute",
                "steps", "metric", "value"]
-    csv = df[list(dict.fromkeys(columns))].to_csv(index=False)
+    frame = df.rename(columns={k: f"fid_floor_{k}" for k in FLOORS})
+    csv = frame[list(dict.fromkeys(columns + list(RUN_COLUMNS)))].to_csv(index=False)
     written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(csv.encode()))]
     written += plot_fid_vs_steps(df, out / "fid_vs_steps.png", experiment)
     written.append(atomic_write(out / "table.md", lambda fh: fh.write(fid_table(df).encode())))
@@ -452,6 +486,9 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
         written += plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment)
         table = swept_table(df).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(table.encode())))
+    from bench.paired import write_paired
+
+    written += write_paired(df, out)  # pairs of groups on shared seeds and evaluation noise
     if ratio:
         text = ratio_table(df, *ratio)
         written.append(atomic_write(out / f"ratio_{ratio[0]}_{ratio[1]}.md", lambda fh: fh.write(text.encode())))

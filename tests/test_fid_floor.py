@@ -38,6 +38,27 @@ def test_the_fresh_floor_matches_fresh_samples_of_the_reference_distribution(n_r
     assert copy == pytest.approx(share * est, rel=0.35) and copy < est
 
 
+def test_the_sd_of_one_run_matches_the_spread_of_simulated_perfect_sampler_runs():
+    """fid_floor_fresh_sd against the measured sd of FID(num_samples fresh samples, a fresh reference
+    set of n_ref) from a known Gaussian; the s.e. of the floor's mean is several times smaller."""
+    rng = np.random.default_rng(3)
+    draw = gaussian(rng, 8)
+    n_ref, num_samples = 600, 900
+    floors = [fid_floor(draw(n_ref), num_samples, splits=32) for _ in range(6)]
+    sd = np.mean([f["fid_floor_fresh_sd"] for f in floors])
+    runs = np.array([frechet_distance(draw(num_samples), draw(n_ref)) for _ in range(300)])  # independent perfect runs
+    assert sd == pytest.approx(runs.std(ddof=1), rel=0.2)
+    # the floor is the runs' mean within a few sd of its own estimate; one run is spread about it by sd
+    assert np.mean([f["fid_floor_fresh"] for f in floors]) == pytest.approx(runs.mean(), rel=0.1)
+    # the s.e. (Monte-Carlo error of the mean over splits) is no run's spread: sqrt(32) times smaller
+    se = np.mean([f["fid_floor_fresh_se"] for f in floors])
+    assert se < runs.std(ddof=1) / 4 and se == pytest.approx(sd / np.sqrt(32), rel=1e-9)
+    # a fixed reference set alone would understate it: the sd covers the reference's draw too
+    ref = draw(n_ref)
+    fixed = np.array([frechet_distance(draw(num_samples), ref) for _ in range(150)]).std(ddof=1)
+    assert fixed < 0.9 * runs.std(ddof=1)
+
+
 def test_the_floor_falls_with_more_samples_and_is_deterministic():
     ref = gaussian(np.random.default_rng(1), 4)(500)
     small, large = fid_floor(ref, 200), fid_floor(ref, 5000)
@@ -68,5 +89,23 @@ def test_a_run_logs_its_floor_and_the_report_prints_it(tmp_path):
     again = execute(cfg, "floor", progress=False, echo=lambda *_: None)  # the cached floor is the same
     assert client().get_run(again.run_id).data.metrics["fid_floor_fresh"] == metrics["fid_floor_fresh"]
     table = fid_table(collect("floor"))
-    assert f"{metrics['fid_floor_fresh']:.3g} ± " in table and "(coords, 500 samples)" in table
+    assert f"{metrics['fid_floor_fresh']:.3g} (one perfect-sampler run lands within ± {metrics['fid_floor_fresh_sd']:.2g}" in table
+    assert "(coords, 500 samples)" in table and metrics["fid_floor_fresh_sd"] > metrics["fid_floor_fresh_se"]
     assert "table.md" in {p.name for p in write_report("floor", tmp_path / "out")}
+
+
+def test_the_report_shades_the_floor_plus_minus_one_runs_sd():
+    import pandas as pd
+
+    from bench.plots import pyplot
+    from bench.report import draw_floor
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    draw_floor(ax, pd.DataFrame({"fresh": [3.5], "fresh_sd": [1.25], "fresh_se": [0.2], "copy": [1.7]}), 1.0, 100.0)
+    assert len(ax.patches) == 1  # the band: floor ± sd, in data units on y
+    band = ax.patches[0]
+    ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+    assert min(ys) == pytest.approx(2.25) and max(ys) == pytest.approx(4.75)
+    assert [ln.get_ydata()[0] for ln in ax.lines] == [3.5]
+    plt.close(fig)
