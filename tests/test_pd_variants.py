@@ -182,7 +182,7 @@ def test_the_classifier_is_not_the_fid_network():
     with torch.no_grad():
         fid_features = space.create(torch.device("cpu"))(u8)[0]
         h = m.classifier(u8[:, :1].float() / 127.5 - 1.0).h
-    assert fid_features.shape == (1797, 128) and h.shape == (1797, 64)
+    assert fid_features.shape[0] == h.shape[0] == 1797
     # a random 64-d linear read-out of the FID features scores 0.97; the probe (0.81 when written) must stay below 0.95
     assert linear_cka(fid_features, fid_features @ torch.randn(128, 64, generator=torch.Generator().manual_seed(0))) > 0.95
     assert linear_cka(h, fid_features) < 0.95
