@@ -97,6 +97,9 @@ class ConsistencyTrainingOptions(ConsistencyOptions):
         super().validate()
         if self.schedule not in ("authors", "song", "fine"):
             raise BenchError(f"method.schedule must be authors, song or fine, got {self.schedule!r}.")
+        if self.schedule != "fine" and self.target_decay != ConsistencyTrainingOptions.target_decay:
+            raise BenchError(f"method.target_decay is read by schedule = fine only (authors: the training EMA, "
+                             f"train.ema_decay; song: mu(k)); got {self.target_decay} with schedule = {self.schedule}.")
         if not 2 <= self.s0 <= self.s1:
             raise BenchError(f"method.s0 and method.s1 need 2 <= s0 <= s1, got s0 = {self.s0}, s1 = {self.s1}.")
         if not 0.0 < self.mu0 < 1.0:

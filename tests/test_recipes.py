@@ -265,6 +265,8 @@ def test_consistency_training_authors_schedule_as_their_code():
     assert ct(8, 40).opts.deviations() == {}
     assert ct(8, 40, "schedule=song").opts.deviations() == {}
     assert ct(8, 40, "schedule=fine").opts.deviations() == {"schedule": "fine", "target_decay": 0.95}
+    with pytest.raises(BenchError, match="target_decay is read by schedule = fine only"):
+        ct(8, 40, "target_decay=0.5")
     from bench.run import deviation_tag
 
     cfg = resolve("consistency_training", "smoke", ["schedule=fine"])
