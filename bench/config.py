@@ -129,7 +129,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        from methods import get_method, legacy_d_scale
+        from methods import get_method, legacy_d_scale, legacy_options
 
         method_cls = get_method(d["method_name"])
         d = {**d, "model": dict(d["model"])}
@@ -139,7 +139,7 @@ class Config:
             method_name=d["method_name"],
             profile=d["profile"],
             seed=int(d["seed"]),
-            method=method_cls.Options(**d["method"]),
+            method=method_cls.Options(**legacy_options(d["method_name"], d["method"])),
             **{s: SECTIONS[s](**d[s]) for s in SECTIONS},
         )
 

@@ -11,7 +11,7 @@ from methods import meanflow
 from methods.meanflow import MeanFlow
 from methods.pd_variants import ClassifierDistillation, RelationalDistillation
 from methods.progressive import Progressive
-from methods.reflow import LiveReflow, Reflow
+from methods.reflow import LiveReflow, Reflow, legacy_live_reflow_options
 from methods.shortcut import Shortcut
 
 METHODS: dict[str, type[Method]] = {
@@ -38,6 +38,15 @@ def legacy_d_scale(method_name: str, options: dict) -> float:
     return LEGACY_D_SCALE[method_name](options) if method_name in LEGACY_D_SCALE else 1000.0
 
 
+# method options of a config stored before a key existed: the values that run trained with
+LEGACY_OPTIONS = {LiveReflow.name: legacy_live_reflow_options}
+
+
+def legacy_options(method_name: str, options: dict) -> dict:
+    """A config migration, kept off the method interface: a stored run's method options as it ran."""
+    return LEGACY_OPTIONS[method_name](options) if method_name in LEGACY_OPTIONS else options
+
+
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         import difflib
@@ -48,4 +57,4 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Batch", "Method", "MethodOptions", "Targets", "get_method", "legacy_d_scale"]
+__all__ = ["METHODS", "Batch", "Method", "MethodOptions", "Targets", "get_method", "legacy_d_scale", "legacy_options"]

@@ -8,7 +8,15 @@ F_theta(x_t, t) = sg(F_ema(x_t2, t2)), written as a velocity target for the shar
   target = (sg(F_ema(x_t2, t2)) - x_t) / (1 - t).
 - training (CT): x_t2 = (1 - t2) x0 + t2 x1 with the same x0, x1, t on the grid of multiples of
   delta, delta coarse to fine over train.steps (`schedule`):
-  "authors" (their code): delta = 1, 1/2, ..., 1/M in equal phases, target EMA mu = target_decay;
+  "authors" (kvfrans/shortcut-models, baselines/targets_consistency_training.py): lines 10-12
+  `dt_base = floor(train_state.step / (max_steps / log2(M)))`, `dt = 1 / 2**dt_base`: log2(M)
+  equal phases, delta = 1, 1/2, ..., 2/M (not 1/M); their step counter starts at 1
+  (utils/train_state.py, `create(step=1)`) and runs to max_steps, so our 0-based step s is their
+  s + 1 and the very last update alone reaches dt_base = log2(M) (delta = 1/M), kept as they run it.
+  The target network is the training EMA (line 29, `train_state.call_model_ema`, updated every step
+  with `target_update_rate` 0.999 in train.py): here the trainer's EMA (train.ema_decay);
+  "fine" (ours, a named deviation): log2(M) + 1 equal phases ending at delta = 1/M and a target
+  network of its own, an EMA of the student with decay target_decay (Song et al.'s CD value 0.95);
   "song" (Song et al. 2023): N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 points,
   s0 = 2, s1 = 150, K = train.steps, and the adaptive target EMA mu(k) = exp(s0 log(mu0) / N(k)),
   mu0 = 0.9. Their N points are spaced in EDM's sigma with rho = 7; here they are spaced evenly in
@@ -32,8 +40,19 @@ from bench.errors import BenchError
 from methods.base import Batch, Method, MethodOptions, Targets, TeacherOptions, bshape, full, grid_times, interpolate, velocity
 
 
+def authors_ct_level(step: int, train_steps: int, M: int) -> int:
+    """The authors' dt_base at our 0-based `step`: floor((step + 1) log2(M) / train_steps), delta = 2^-dt_base.
+
+    Their expression (targets_consistency_training.py lines 10-11) with their 1-based step, in exact
+    integer arithmetic: 0 .. log2(M) - 1 in equal phases, log2(M) at the last step only."""
+    K = int(math.log2(M))
+    if train_steps <= 0:
+        return K - 1
+    return (step + 1) * K // train_steps
+
+
 def ct_phase(step: int, train_steps: int, M: int) -> int:
-    """Phase p (0 .. log2 M) of training step `step` (0-based): delta = 2^-p; equal shares of train_steps."""
+    """schedule = fine: phase p (0 .. log2 M) of training step `step` (0-based), delta = 2^-p; equal shares of train_steps."""
     K = int(math.log2(M)) + 1
     if train_steps <= 0:
         return K - 1
@@ -41,7 +60,7 @@ def ct_phase(step: int, train_steps: int, M: int) -> int:
 
 
 def ct_delta(step: int, train_steps: int, M: int) -> float:
-    """The consistency-training curriculum: delta = 1, 1/2, ..., 1/M in equal phases."""
+    """schedule = fine: delta = 1, 1/2, ..., 1/M in log2(M) + 1 equal phases."""
     return 2.0 ** -ct_phase(step, train_steps, M)
 
 
@@ -58,7 +77,7 @@ def song_target_decay(num_points: int, s0: int, mu0: float) -> float:
 
 @dataclass
 class ConsistencyOptions(MethodOptions):
-    target_decay: float = 0.95  # EMA decay mu of the target network theta^- (Song et al.'s CD: 0.95); 0 = the live weights (as iCT)
+    target_decay: float = 0.95  # EMA decay mu of the target network theta^- (Song et al.'s CD: 0.95); 0 = the live weights (as iCT); CT: schedule = fine only
 
     def validate(self) -> None:
         if not 0.0 <= self.target_decay < 1.0:
@@ -67,19 +86,28 @@ class ConsistencyOptions(MethodOptions):
 
 @dataclass
 class ConsistencyTrainingOptions(ConsistencyOptions):
-    schedule: str = "authors"  # delta curriculum and target EMA: "authors" (log2(M) + 1 phases, target_decay) or "song" (N(k), mu(k))
+    # delta curriculum and target network: "authors" (their code: log2(M) phases down to 2/M, the training
+    # EMA as target), "song" (N(k), mu(k)) or "fine" (ours: log2(M) + 1 phases down to 1/M, own EMA target_decay)
+    schedule: str = "authors"
     s0: int = 2  # song: N(0) = s0, the first number of points
     s1: int = 150  # song: N(K) = s1 + 1, the last
     mu0: float = 0.9  # song: the target EMA at N = s0
 
     def validate(self) -> None:
         super().validate()
-        if self.schedule not in ("authors", "song"):
-            raise BenchError(f"method.schedule must be authors or song, got {self.schedule!r}.")
+        if self.schedule not in ("authors", "song", "fine"):
+            raise BenchError(f"method.schedule must be authors, song or fine, got {self.schedule!r}.")
+        if self.schedule != "fine" and self.target_decay != ConsistencyTrainingOptions.target_decay:
+            raise BenchError(f"method.target_decay is read by schedule = fine only (authors: the training EMA, "
+                             f"train.ema_decay; song: mu(k)); got {self.target_decay} with schedule = {self.schedule}.")
         if not 2 <= self.s0 <= self.s1:
             raise BenchError(f"method.s0 and method.s1 need 2 <= s0 <= s1, got s0 = {self.s0}, s1 = {self.s1}.")
         if not 0.0 < self.mu0 < 1.0:
             raise BenchError(f"method.mu0 must be in (0, 1), got {self.mu0}.")
+
+    def deviations(self) -> dict[str, object]:
+        # "authors" and "song" are published; "fine" (down to delta = 1/M, a target network of its own) is ours
+        return {"schedule": self.schedule, "target_decay": self.target_decay} if self.schedule == "fine" else {}
 
 
 @dataclass
@@ -112,8 +140,18 @@ class _Consistency(Method):
         """theta^- is the student itself (mu = 0, as iCT)."""
         return self.opts.target_decay == 0.0
 
-    def target_net(self, model):
-        """theta^-: starts as a copy of the student (the teacher's weights for CD), then follows it as an EMA."""
+    @property
+    def training_ema_target(self) -> bool:
+        """theta^- is the trainer's EMA (train.ema_decay), as the authors' CT; else a network of the method's own."""
+        return False
+
+    def target_net(self, model, ema=None):
+        """theta^-: the training EMA, the live student, or a copy of the student (the teacher's weights
+        for CD) that then follows it as an EMA with decay target_decay."""
+        if self.training_ema_target:
+            if ema is None:
+                raise BenchError(f"{self.name} with the training EMA as its target needs the EMA model.")
+            return ema
         if self.live_target:
             return model
         if self._target_net is None:
@@ -139,9 +177,9 @@ class _Consistency(Method):
         else:
             self._pending = weights
 
-    def _target(self, model, x_t, t, x_t2, t2, y):
+    def _target(self, model, ema, x_t, t, x_t2, t2, y):
         with torch.no_grad():
-            F2 = self.consistency_fn(self.target_net(model), x_t2, t2, y)
+            F2 = self.consistency_fn(self.target_net(model, ema), x_t2, t2, y)
         return (F2 - x_t) / bshape(1 - t, x_t)
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
@@ -154,7 +192,7 @@ class _Consistency(Method):
 
 
 class ConsistencyTraining(_Consistency):
-    """Consistency training from data alone, delta curriculum 1 -> 1/M; multistep consistency sampling."""
+    """Consistency training from data alone, delta curriculum coarse to fine (`schedule`); multistep consistency sampling."""
 
     name = "consistency_training"
     Options = ConsistencyTrainingOptions
@@ -164,20 +202,27 @@ class ConsistencyTraining(_Consistency):
         o = self.opts
         if o.schedule == "song":
             return song_num_points(step, self.train_steps, o.s0, o.s1) - 1
+        if o.schedule == "authors":
+            return 2 ** authors_ct_level(step, self.train_steps, o.M)
         return 2 ** ct_phase(step, self.train_steps, o.M)
 
     def delta(self, step: int) -> float:
         return 1.0 / self.num_cells(step)
 
     def target_decay(self, step: int) -> float:
+        """mu of the method's own target network (song, fine); schedule = authors has none (the trainer's EMA)."""
         o = self.opts
         if o.schedule == "song":
             return song_target_decay(song_num_points(step, self.train_steps, o.s0, o.s1), o.s0, o.mu0)
         return o.target_decay
 
     @property
+    def training_ema_target(self) -> bool:
+        return self.opts.schedule == "authors"
+
+    @property
     def live_target(self) -> bool:
-        return self.opts.schedule != "song" and self.opts.target_decay == 0.0
+        return self.opts.schedule == "fine" and self.opts.target_decay == 0.0
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         x0, x1, y = batch.x0, batch.x1, batch.y
@@ -187,10 +232,11 @@ class ConsistencyTraining(_Consistency):
         t = grid_times(B, cells, generator, dev)
         t2 = (torch.round(t * cells) + 1) / cells  # the next grid point, exactly 1 at the last cell
         x_t, x_t2 = interpolate(x0, x1, t), interpolate(x0, x1, t2)
-        target = self._target(model, x_t, t, x_t2, t2, y)
-        return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target,
-                       info={"delta": torch.full((), delta, device=dev),  # not torch.tensor: a blocking copy on CUDA
-                             "target_decay": torch.full((), self.target_decay(step), device=dev)})
+        target = self._target(model, ema, x_t, t, x_t2, t2, y)
+        info = {"delta": torch.full((), delta, device=dev)}  # not torch.tensor: a blocking copy on CUDA
+        if not self.training_ema_target:
+            info["target_decay"] = torch.full((), self.target_decay(step), device=dev)
+        return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target, info=info)
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         return {"forward_rows": batch_size, "backward_rows": batch_size, "nograd_rows": batch_size}
@@ -215,7 +261,7 @@ class ConsistencyDistillation(_Consistency):
         x_t = interpolate(x0, x1, t)
         with torch.no_grad():
             x_t2 = x_t + delta * self.teacher(x_t, t, torch.zeros_like(t), y)
-        target = self._target(model, x_t, t, x_t2, t2, y)
+        target = self._target(model, ema, x_t, t, x_t2, t2, y)
         return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target)
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:

@@ -17,9 +17,18 @@ spatial map m. In those stages the loss is lambda_pd * MSE (the released code: 0
   per-pixel embeddings z of m: (i) sample-to-sample, for every pair (b, b') and pixel i of b the
   softmax over the pixels j of b' of <z_bi, z_b'j> / tau1, teacher against student images;
   (ii) to a memory: a FIFO queue of teacher pixel embeddings (queue_update added per step, one
-  pixel each), num_anchors of them drawn per step; the student's map passes a trainable 1x1-conv
-  head (conv, BN, ReLU, conv) before its similarities; softmax over the anchors of similarity / tau2.
-  The released code's queue stores scrambled vectors; this one stores whole pixel embeddings.
+  pixel each); the student's map passes a trainable 1x1-conv head (conv, BN, ReLU, conv) before its
+  similarities; softmax over the anchors of similarity / tau2. `anchors = "fixed"`, as released
+  (cantbebetter2/RDD losses/losses.py, Memory_p2p_loss): the queue starts full of random unit
+  vectors (lines 102-103, torch.randn then L2-normalised), this step's teacher pixels are pushed
+  before the loss (line 166 precedes line 169), and the anchors are num_anchors fixed slots of the
+  queue, evenly spaced: round(linspace(0, queue_size - 1, num_anchors)) (lines 106-108, 169).
+  `anchors = "drawn"` (ours before, logged as a deviation): the queue starts empty, is pushed after
+  the loss, and num_anchors of its filled rows are drawn afresh each step.
+  The released code's queue stores scrambled vectors (line 133 views (B, C, H, W) as (C, B H W)) and,
+  at the wrap, overwrites its last rows and restarts at 0 (lines 143-145); this one stores whole
+  pixel embeddings in an exact ring.
+`final_steps` (progressive.py) stops the stages at that student; the stages in `loss_stages` must be among them.
 Every KL is KL(teacher || student), summed over its softmax axis and averaged over its rows.
 """
 
@@ -132,8 +141,8 @@ class CFDOptions(ProgressiveOptions):
             raise BenchError(f"method.classifier must be auto, digits-probe or resnet18, got {self.classifier!r}.")
 
     def student_steps(self) -> set[int]:
-        """The stages of loss_stages as the student's step counts (M/2, ..., 2, 1)."""
-        valid = [self.M >> i for i in range(1, num_stages(self.M) + 1)]
+        """The stages of loss_stages as the student's step counts (M/2, ..., final_steps)."""
+        valid = [self.M >> i for i in range(1, num_stages(self.M, self.final_steps) + 1)]
         if self.loss_stages.strip() == "all":
             return set(valid)
         try:
@@ -155,7 +164,8 @@ class RDDOptions(CFDOptions):
     memory_temperature: float = 0.1  # tau2
     queue_size: int = 20_000  # teacher pixel embeddings kept
     queue_update: int = 128  # pixels pushed per step (drawn from the batch's teacher maps)
-    num_anchors: int = 4096  # queue entries each step's relations use (drawn afresh per step)
+    num_anchors: int = 4096  # queue entries each step's relations use
+    anchors: str = "fixed"  # "fixed" (released: random initial queue, push before the loss, evenly spaced slots) or "drawn"
     head_width: int = 0  # hidden channels of the student's 1x1-conv head (0: the map's channels)
 
     def validate(self) -> None:
@@ -167,6 +177,19 @@ class RDDOptions(CFDOptions):
         if not 1 <= self.queue_update <= self.queue_size or self.num_anchors < 1 or self.head_width < 0:
             raise BenchError(f"RDD needs 1 <= queue_update <= queue_size, num_anchors >= 1 and head_width >= 0, got "
                              f"{self.queue_update}, {self.queue_size}, {self.num_anchors}, {self.head_width}.")
+        if self.anchors not in ("fixed", "drawn"):
+            raise BenchError(f"method.anchors must be fixed or drawn, got {self.anchors!r}.")
+        if self.anchors == "fixed" and self.num_anchors > self.queue_size:
+            raise BenchError(f"method.num_anchors ({self.num_anchors}) must not exceed queue_size ({self.queue_size}) "
+                             f"with fixed anchors (evenly spaced slots of the queue).")
+
+    def deviations(self) -> dict[str, object]:
+        return {**super().deviations(), **({"anchors": self.anchors} if self.anchors != "fixed" else {})}
+
+
+def fixed_anchor_slots(queue_size: int, num_anchors: int) -> Tensor:
+    """The released code's anchor slots: round(linspace(0, queue_size - 1, num_anchors)), (num_anchors,) long."""
+    return torch.round(torch.linspace(0, queue_size - 1, num_anchors)).long()
 
 
 class ClassifierDistillation(Progressive):
@@ -224,7 +247,7 @@ class ClassifierDistillation(Progressive):
 
     def classifier_share(self) -> float:
         """Share of the training steps in stages with the classifier loss (stages are equal shares)."""
-        return len(self._steps) / num_stages(self.opts.M)
+        return len(self._steps) / self.num_stages
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         f = self.classifier_share() * batch_size  # rows through the classifier: student images with grad, teacher's without
@@ -254,6 +277,11 @@ class RelationalDistillation(ClassifierDistillation):
         self.head = nn.Sequential(nn.Conv2d(channels, width, 1), nn.BatchNorm2d(width), nn.ReLU(),
                                   nn.Conv2d(width, channels, 1)).to(device)
         self.queue = PixelQueue(self.opts.queue_size, channels, device)
+        if self.opts.anchors == "fixed":  # as released: full of random unit vectors from the start (a fixed seed: reproducible)
+            g = torch.Generator().manual_seed(0)
+            self.queue.data.copy_(F.normalize(torch.randn(self.queue.data.shape, generator=g), dim=1))
+            self.queue.count = self.opts.queue_size
+            self._anchor_slots = fixed_anchor_slots(self.opts.queue_size, self.opts.num_anchors).to(device)
         if self._pending_rdd is not None:
             self._load_rdd(self._pending_rdd)
             self._pending_rdd = None
@@ -273,17 +301,27 @@ class RelationalDistillation(ClassifierDistillation):
         if o.pair_weight > 0:
             losses["pair_kl"] = o.pair_weight * pair_relation_kl(z_t, pixel_embeddings(out_s.m), o.pair_temperature)
         flat_t = z_t.reshape(-1, z_t.shape[-1])
+        fixed = o.anchors == "fixed"
+        if fixed:  # as released: this step's pixels enter the queue before the loss reads its anchors
+            self._push(flat_t, generator)
         if o.memory_weight > 0 and self.queue.count > 0:
-            memory = self.queue.contents()
-            if memory.shape[0] > o.num_anchors:
-                memory = memory[torch.randperm(memory.shape[0], generator=generator, device=generator.device)[: o.num_anchors].to(memory.device)]
+            if fixed:
+                memory = self.queue.data[self._anchor_slots].clone()  # later pushes must not touch this graph's copy
+            else:
+                memory = self.queue.contents()
+                if memory.shape[0] > o.num_anchors:
+                    memory = memory[torch.randperm(memory.shape[0], generator=generator, device=generator.device)[: o.num_anchors].to(memory.device)]
             q_s = pixel_embeddings(self.head(out_s.m))
             losses["memory_kl"] = o.memory_weight * memory_relation_kl(flat_t, q_s.reshape(-1, q_s.shape[-1]), memory,
                                                                        o.memory_temperature)
-        # after the loss: the current batch is never its own memory
-        pick = torch.randperm(flat_t.shape[0], generator=generator, device=generator.device)[: o.queue_update]
-        self.queue.push(flat_t[pick.to(flat_t.device)])
+        if not fixed:  # after the loss: the current batch is never its own memory
+            self._push(flat_t, generator)
         return losses
+
+    def _push(self, flat_t: Tensor, generator: torch.Generator) -> None:
+        """queue_update of this step's teacher pixel embeddings (N, C), drawn without replacement, into the queue."""
+        pick = torch.randperm(flat_t.shape[0], generator=generator, device=generator.device)[: self.opts.queue_update]
+        self.queue.push(flat_t[pick.to(flat_t.device)])
 
     def state_dict(self):
         state = super().state_dict()

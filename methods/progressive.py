@@ -1,14 +1,19 @@
 """Progressive distillation (Salimans and Ho, ICLR 2022), in flow form.
 
-log2(M) stages, each an equal share of train.steps. At stage i the teacher takes two steps of
-size d = 2^(i-1) / M and the student learns one step of size 2d:
+log2(M / final_steps) stages, each an equal share of train.steps (final_steps = 1: down to a
+one-step student; 4: the 4-step student the PD, CFD and RDD papers compare, two stages fewer).
+At stage i the teacher takes two steps of size d = 2^(i-1) / M and the student learns one step
+of size 2d:
   target = sg((v1 + v2) / 2), v1 = T(x_t, t, d), v2 = T(x_t + d v1, t + d, d),
 with t on the grid of multiples of 2d and the student queried at (x_t, t, 2d). Stage 1's teacher
 is the flow-matching teacher (queried at d = 0, its only query); after each stage the teacher
 becomes a frozen copy of the student. The student starts as a copy of the flow teacher.
-CFG (`cfg`): "sampling" keeps the targets unguided and guides every sampling step at scale w;
-"baked" (the authors' code) guides stage 1's teacher, v = v_u + w (v_c - v_u), so every stage
-inherits the guidance and sampling takes one unguided pass per step.
+CFG (`cfg`, when cfg_scale = w != 1): "baked" (the default, as the authors' code:
+kvfrans/shortcut-models baselines/targets_progressive.py line 29 guides at cfg_scale only while
+dt_base == log2(M) - 1, the first stage, under `bootstrap_cfg` 1 as their ImageNet command sets it)
+guides stage 1's teacher, v = v_u + w (v_c - v_u), so every stage inherits the guidance and sampling
+takes one unguided pass per step; "sampling" (logged as a deviation) keeps the targets unguided and
+guides every sampling step at scale w.
 Sampling: Euler with d = 1/n.
 """
 
@@ -25,21 +30,22 @@ from bench.errors import BenchError
 from methods.base import Batch, Method, Targets, TeacherOptions, full, grid_times, interpolate, velocity
 
 
-def num_stages(M: int) -> int:
-    return int(math.log2(M))
+def num_stages(M: int, final_steps: int = 1) -> int:
+    """log2(M / final_steps): the stages from the M-step teacher down to a final_steps-step student."""
+    return int(math.log2(M // final_steps))
 
 
-def stage_of_step(step: int, train_steps: int, M: int) -> int:
-    """The stage (1 .. log2 M) that training step `step` (0-based) belongs to; equal shares of train_steps."""
-    K = num_stages(M)
+def stage_of_step(step: int, train_steps: int, M: int, final_steps: int = 1) -> int:
+    """The stage (1 .. log2(M / final_steps)) that training step `step` (0-based) belongs to; equal shares of train_steps."""
+    K = num_stages(M, final_steps)
     if train_steps <= 0:
         return K
     return min(step * K // train_steps, K - 1) + 1
 
 
-def stage_bounds(stage: int, train_steps: int, M: int) -> tuple[int, int]:
+def stage_bounds(stage: int, train_steps: int, M: int, final_steps: int = 1) -> tuple[int, int]:
     """[first, end) training steps of `stage` (1-based), as stage_of_step assigns them."""
-    K = num_stages(M)
+    K = num_stages(M, final_steps)
     first = -(-(stage - 1) * train_steps // K)  # ceil
     end = train_steps if stage == K else -(-stage * train_steps // K)
     return first, end
@@ -53,19 +59,27 @@ def teacher_step_size(stage: int, M: int) -> float:
 @dataclass
 class ProgressiveOptions(TeacherOptions):
     refresh_from: str = "ema"  # student weights that become the next stage's teacher: "ema" or "model"
-    cfg: str = "sampling"  # where guidance at cfg_scale goes: "sampling" (every step) or "baked" (stage 1's targets, authors' code)
+    cfg: str = "baked"  # where guidance at cfg_scale != 1 goes: "baked" (stage 1's targets, authors' code) or "sampling" (every step)
+    final_steps: int = 1  # the student's step count the stages stop at: 1, or 4 as the PD / CFD / RDD papers compare
 
     def validate(self) -> None:
         if self.M < 2:
             raise BenchError(f"progressive distillation needs M >= 2 (log2 M stages), got M = {self.M}.")
+        f = self.final_steps
+        if not (1 <= f < self.M and f & (f - 1) == 0):
+            raise BenchError(f"method.final_steps must be a power of two below M = {self.M} (1 = a one-step student), got {f}.")
         if self.refresh_from not in ("ema", "model"):
             raise BenchError(f"method.refresh_from must be ema or model, got {self.refresh_from!r}.")
         if self.cfg not in ("sampling", "baked"):
             raise BenchError(f"method.cfg must be sampling or baked, got {self.cfg!r}.")
 
+    def deviations(self) -> dict[str, object]:
+        # the authors bake the guidance into stage 1's targets; at cfg_scale = 1 there is none to place
+        return {"cfg": self.cfg} if self.cfg == "sampling" and self.cfg_scale != 1.0 else {}
+
 
 class Progressive(Method):
-    """Progressive distillation of a flow teacher into a 1-step model over log2(M) stages."""
+    """Progressive distillation of a flow teacher into a final_steps-step model over log2(M / final_steps) stages."""
 
     name = "progressive"
     Options = ProgressiveOptions
@@ -83,12 +97,17 @@ class Progressive(Method):
         self._stage_teacher: nn.Module | None = None  # frozen copy of the student; None while stage 1's teacher is in use
         self._pending: dict | None = None  # stage-teacher weights loaded before any teacher module exists (sampling only)
 
+    @property
+    def num_stages(self) -> int:
+        return num_stages(self.opts.M, self.opts.final_steps)
+
     def stage(self, step: int) -> int:
-        return stage_of_step(step, self.train_steps, self.opts.M)
+        return stage_of_step(step, self.train_steps, self.opts.M, self.opts.final_steps)
 
     def lr_span(self, step: int, train_steps: int) -> tuple[int, int]:
         """Each stage runs its own schedule (CFD's released code: cosine to 0 per stage)."""
-        first, end = stage_bounds(stage_of_step(step, train_steps, self.opts.M), train_steps, self.opts.M)
+        o = self.opts
+        first, end = stage_bounds(stage_of_step(step, train_steps, o.M, o.final_steps), train_steps, o.M, o.final_steps)
         return first, end - first
 
     def current_teacher(self) -> nn.Module:
@@ -149,10 +168,10 @@ class Progressive(Method):
         self._stage_teacher.requires_grad_(False).eval()
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
-        # baked CFG: stage 1's two teacher queries are guided (2 rows each), in the first 1/log2(M) of the steps
+        # baked CFG: stage 1's two teacher queries are guided (2 rows each), in the first 1/num_stages of the steps
         guided = self.opts.cfg == "baked" and self.opts.cfg_scale != 1.0
         return {"forward_rows": batch_size, "backward_rows": batch_size,
-                "nograd_rows": 2 * batch_size * (1 + (1 / num_stages(self.opts.M) if guided else 0))}
+                "nograd_rows": 2 * batch_size * (1 + (1 / self.num_stages if guided else 0))}
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
         n = num_sampling_steps

@@ -9,15 +9,25 @@ of its own label, so the data's class frequencies and label dropout carry over.
 The teacher is queried per label (unguided: the null pool holds its unconditional samples).
 Sampling: Euler at d = 0, CFG at scale w (when w != 1) at every step, like flow matching.
 
-Live reflow, as the authors' code (kvfrans/shortcut-models, targets_livereflow.py): (1 - k) B
-flow-matching rows (d = 0) and k B reflow rows. A reflow row draws x1_hat = sg(an on-the-fly
-`rollout_steps`-step Euler roll-out (flow queries) of the model itself from its noise x0, EMA
-weights) and is trained along the whole reflowed path: t on the 1/M grid,
-x_t = (1 - t) x0 + t x1_hat, queried at d = 1, target x1_hat - x0. With CFG the roll-out is guided
-at the training-time scale w (baked in, as the shortcut's bootstrap CFG). The reflow rows keep
-their labels (label dropout only on the flow rows, as the authors' code). Sampling: every n < M
-takes its n Euler steps with the d = 1 query (one pass, no CFG); n = M is Euler at d = 0 with CFG
-at scale w.
+Live reflow, a baseline of the shortcut paper, as the authors' code (kvfrans/shortcut-models,
+baselines/targets_livereflow.py): (1 - k) B flow-matching rows and k B reflow rows. A reflow row
+draws x1_hat = sg(an on-the-fly `rollout_steps`-step Euler roll-out of the model itself from its
+noise x0, flow queries) and is trained along the whole reflowed path: t on the 1/M grid,
+x_t = (1 - t) x0 + t x1_hat, queried at d = 1, target x1_hat - x0. With CFG the roll-out is
+guided at the training-time scale w (baked in, as the shortcut's bootstrap CFG). The reflow rows
+keep their labels (label dropout only on the flow rows). Sampling: every n < M takes its n Euler
+steps with the d = 1 query (one pass, no CFG); n = M is Euler with the flow query and CFG at w.
+`recipe = "authors"` sets the knobs as their code runs them (a knob set otherwise is logged as a
+deviation, `method.deviations`):
+- k = 1/8: `bootstrap_size = batch_size // bootstrap_every` (line 26), bootstrap_every 8 in train.py;
+- flow_d = "min": the flow rows and the roll-out query dt_base = log2(M), d = 1/M (lines 22-23, 33,
+  39), and so does evaluation at n = M (helper_eval.py: dt_base = log2(denoise_timesteps));
+  "zero" queries d = 0;
+- bootstrap_ema = false: the roll-out calls `train_state.call_model`, the live weights (lines 33, 39);
+  true rolls out the EMA weights;
+- eval_weights = "live": their evaluation samples with the live weights (use_ema 0 in train.py).
+Before these knobs existed, live reflow ran k = 1/4, flow rows at d = 0 and an EMA roll-out,
+evaluated with the EMA (checkpoints without flow_d load with those values).
 """
 
 from __future__ import annotations
@@ -101,16 +111,41 @@ class Reflow(Method):
         return x + v / num_sampling_steps
 
 
+LIVE_REFLOW_RECIPES: dict[str, dict[str, object]] = {
+    "authors": {"k": 0.125, "flow_d": "min", "bootstrap_ema": False, "eval_weights": "live"},
+}
+
+
 @dataclass
 class LiveReflowOptions(MethodOptions):
-    k: float = 0.25  # share of each batch on the d = 1 reflow target (as the shortcut's k)
-    rollout_steps: int = 8  # Euler steps of the model's own roll-out that makes x1_hat
-    bootstrap_ema: bool = True  # roll out the EMA weights (else the live model)
+    recipe: str = "authors"  # the published setting the knobs below default to (the authors' code; see the module docstring)
+    k: float = 0.125  # share of each batch on the d = 1 reflow target (authors: batch_size // bootstrap_every, 1/8)
+    rollout_steps: int = 8  # Euler steps of the model's own roll-out that makes x1_hat (authors: 8)
+    bootstrap_ema: bool = False  # roll out the EMA weights (authors: false, the live weights)
+    flow_d: str = "min"  # d of the flow rows, the roll-out's queries and n = M sampling: "min" (1/M, authors) or "zero"
+    eval_weights: str = "live"  # weights evaluation samples with: "live" (authors' use_ema = 0) or "ema"
 
     def validate(self) -> None:
+        if self.recipe not in LIVE_REFLOW_RECIPES:
+            raise BenchError(f"method.recipe must be {' or '.join(LIVE_REFLOW_RECIPES)}, got {self.recipe!r}.")
         check_fraction("method.k", self.k)
         if self.rollout_steps < 1:
             raise BenchError(f"method.rollout_steps must be >= 1, got {self.rollout_steps}.")
+        if self.flow_d not in ("zero", "min"):
+            raise BenchError(f"method.flow_d must be zero or min, got {self.flow_d!r}.")
+        if self.eval_weights not in ("ema", "live"):
+            raise BenchError(f"method.eval_weights must be ema or live, got {self.eval_weights!r}.")
+
+    def deviations(self) -> dict[str, object]:
+        published = {**LIVE_REFLOW_RECIPES[self.recipe], "rollout_steps": 8}
+        return {key: getattr(self, key) for key, value in published.items() if getattr(self, key) != value}
+
+
+def legacy_live_reflow_options(options: dict) -> dict:
+    """Options of a live-reflow run stored before the recipe's knobs existed: the values it ran with."""
+    if "flow_d" in options:
+        return options
+    return {**options, "flow_d": "zero", "eval_weights": "ema"}
 
 
 class LiveReflow(Method):
@@ -120,13 +155,21 @@ class LiveReflow(Method):
     sampling_time_options = frozenset()  # cfg_scale guides the roll-out targets: a new scale is a new model
     Options = LiveReflowOptions
 
+    @property
+    def flow_d(self) -> float:
+        return {"zero": 0.0, "min": 1.0 / self.opts.M}[self.opts.flow_d]
+
+    @property
+    def eval_weights(self) -> str:
+        return self.opts.eval_weights
+
     def num_reflow_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.k))
 
     @torch.no_grad()
     def rollout(self, net, x0, y):
-        """x1_hat: `rollout_steps` Euler steps of the flow query (guided at w) from x0 at t = 0."""
-        return euler(x0, lambda x, t: velocity(net, x, t, torch.zeros_like(t), y, self.opts.cfg_scale, self.null_class),
+        """x1_hat: `rollout_steps` Euler steps of the flow query (at flow_d, guided at w) from x0 at t = 0."""
+        return euler(x0, lambda x, t: velocity(net, x, t, full(self.flow_d, t), y, self.opts.cfg_scale, self.null_class),
                      self.opts.rollout_steps)
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
@@ -143,7 +186,7 @@ class LiveReflow(Method):
         return Targets(
             x_t=torch.cat([interpolate(x0[:nb], x1_hat, t_r), x_f]),
             t=torch.cat([t_r, t_f]),
-            d=torch.cat([torch.ones_like(t_r), torch.zeros_like(t_f)]),
+            d=torch.cat([torch.ones_like(t_r), full(self.flow_d, t_f)]),
             y=torch.cat([y_r, y[nb:]]),
             target=torch.cat([x1_hat - x0[:nb], x1[nb:] - x0[nb:]]),
             info={"row_group/reflow": groups, "row_group/flow": ~groups},
@@ -158,5 +201,5 @@ class LiveReflow(Method):
         tt = full(t, x)
         if num_sampling_steps < self.opts.M:  # the d = 1 code at every step, as the authors sample
             return x + model(x, tt, torch.ones_like(tt), y) / num_sampling_steps
-        v = velocity(model, x, tt, torch.zeros_like(tt), y, self.opts.cfg_scale, self.null_class)
+        v = velocity(model, x, tt, full(self.flow_d, tt), y, self.opts.cfg_scale, self.null_class)
         return x + v / num_sampling_steps

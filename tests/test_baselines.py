@@ -123,14 +123,19 @@ def test_progressive_stage_schedule_is_equal_shares_of_the_training_steps():
     # M = 128: 7 stages; teacher step 1/128 doubling to 1/2, the student learns 2d
     assert [stage_of_step(s, 700, 128) for s in (0, 99, 100, 599, 600, 699)] == [1, 1, 2, 6, 7, 7]
     assert [teacher_step_size(i, 128) for i in range(1, 8)] == [1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2]
+    # final_steps = 4 at M = 128: 128 -> 64 -> 32 -> 16 -> 8 -> 4, five stages of 100 steps; the last student d = 1/4
+    assert [stage_of_step(s, 500, 128, 4) for s in (0, 99, 100, 399, 400, 499)] == [1, 1, 2, 4, 5, 5]
+    m = make("progressive", M=128, train_steps=500, final_steps=4, teacher=Affine(0.0, torch.zeros(1, dtype=torch.float64)))
+    m.refresh_teacher(Affine(0.0, torch.zeros(1, dtype=torch.float64)))
+    assert set(m.targets(None, None, gauss_batch(64), 499, torch.Generator().manual_seed(0)).d.tolist()) == {1 / 4}
 
 
 def test_consistency_curriculum_is_coarse_to_fine_in_equal_phases():
-    # M = 8: deltas 1, 1/2, 1/4, 1/8 over 40 steps -> 10 each
+    # schedule = fine, M = 8: deltas 1, 1/2, 1/4, 1/8 over 40 steps -> 10 each (the authors' schedule: test_recipes.py)
     assert [ct_delta(s, 40, 8) for s in range(40)] == [1.0] * 10 + [0.5] * 10 + [0.25] * 10 + [0.125] * 10
     assert [ct_phase(s, 800, 128) for s in (0, 99, 100, 699, 700, 799)] == [0, 0, 1, 6, 7, 7]
     # the method uses it: t on the grid of multiples of delta, t2 = t + delta
-    m = make("consistency_training", M=8, train_steps=40)
+    m = make("consistency_training", M=8, train_steps=40, schedule="fine")
     net = Affine(0.0, torch.zeros(1, dtype=torch.float64))
     for step, delta in ((0, 1.0), (15, 0.5), (25, 0.25), (39, 0.125)):
         tg = m.targets(net, net, gauss_batch(512), step, torch.Generator().manual_seed(step))
@@ -210,7 +215,8 @@ def test_consistency_training_at_delta_one_regresses_the_straight_line():
     # delta = 1: t = 0, t2 = 1, F(x1, 1) = x1, so the target is (x1 - x0) / 1 whatever the network
     m = make("consistency_training", M=8, train_steps=40)
     batch = gauss_batch(64)
-    tg = m.targets(TinyNet(dim=1).double(), None, batch, 0, torch.Generator().manual_seed(0))
+    net = TinyNet(dim=1).double()
+    tg = m.targets(net, net, batch, 0, torch.Generator().manual_seed(0))
     assert torch.all(tg.t == 0) and torch.all(tg.d == 0)
     assert torch.allclose(tg.target, batch.x1 - batch.x0)
 
@@ -222,7 +228,7 @@ def test_consistency_training_target_by_hand():
     net = Affine(0.0, c)
     m = make("consistency_training", M=8, train_steps=40)
     batch = gauss_batch(256)
-    tg = m.targets(net, None, batch, 25, torch.Generator().manual_seed(3))  # delta = 1/4
+    tg = m.targets(net, net, batch, 30, torch.Generator().manual_seed(3))  # the authors' schedule: delta = 1/4 at step 30
     t = b(tg.t, batch.x0)
     t2 = t + 0.25
     expect = ((t2 - t) * (batch.x1 - batch.x0) + (1 - t2) * 0.4) / (1 - t)
@@ -272,7 +278,8 @@ def test_consistency_target_network_is_an_ema_of_the_student(name):
     # theta^- starts at the student (w = 1); the student moves to w = 3; after two steps with mu = 0.5:
     # 1 -> 0.5 * 1 + 0.5 * 3 = 2 -> 0.5 * 2 + 0.5 * 3 = 2.5; the target uses theta^-: F2 = x_t2 + (1 - t2) w^-
     student = Scalar(1.0)
-    m = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0))
+    fine = {"schedule": "fine"} if name == "consistency_training" else {}  # CT's own target network: schedule = fine
+    m = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0), **fine)
     batch = gauss_batch(64)
     m.targets(student, None, batch, 39, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -284,10 +291,10 @@ def test_consistency_target_network_is_an_ema_of_the_student(name):
     x_t2 = tg.x_t + 0.0 if name == "consistency_distillation" else (1 - t - 0.125) * batch.x0 + (t + 0.125) * batch.x1
     assert torch.allclose(tg.target, (x_t2 + (1 - t - 0.125) * 2.5 - tg.x_t) / (1 - t))
     # it travels with the checkpoint; with target_decay = 0 the live weights build the target
-    m2 = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0))
+    m2 = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0), **fine)
     m2.load_state_dict(m.state_dict())
     assert m2.target_net(Scalar(7.0)).w.item() == 2.5
-    m0 = make(name, M=8, train_steps=40, target_decay=0.0, teacher=Scalar(0.0))
+    m0 = make(name, M=8, train_steps=40, target_decay=0.0, teacher=Scalar(0.0), **fine)
     assert m0.target_net(student) is student
 
 
@@ -342,7 +349,7 @@ def test_live_reflow_targets_by_hand():
     # along the straight path from x0 to x1_hat = x0 + c, at every t of the 1/M grid (not only t = 0)
     c = torch.tensor([0.25], dtype=torch.float64)
     M, nb = 8, 64
-    m = make("live_reflow", M=M, k=0.25, rollout_steps=8)
+    m = make("live_reflow", M=M, k=0.25, rollout_steps=8, bootstrap_ema=True, flow_d="zero")
     batch = gauss_batch(256)
     tg = m.targets(None, Affine(0.0, c), batch, 0, torch.Generator().manual_seed(0))
     assert torch.allclose(tg.target[:nb], torch.full_like(tg.target[:nb], 0.25))
@@ -353,7 +360,7 @@ def test_live_reflow_targets_by_hand():
     assert torch.allclose(tg.x_t[:nb], batch.x0[:nb] + b(t_r, batch.x0) * 0.25)
     assert torch.allclose(tg.target[nb:], batch.x1[nb:] - batch.x0[nb:]) and torch.all(tg.d[nb:] == 0)
     # with the exact velocity and a fine roll-out, x1_hat -> mu + sigma x0
-    m = make("live_reflow", M=8, k=0.25, rollout_steps=256)
+    m = make("live_reflow", M=8, k=0.25, rollout_steps=256, bootstrap_ema=True)
     tg = m.targets(None, ExactVelocity(), batch, 0, torch.Generator().manual_seed(0))
     assert torch.allclose(tg.target[:nb], MU + SIGMA * batch.x0[:nb] - batch.x0[:nb], atol=2e-2)
 
@@ -364,7 +371,7 @@ def test_live_reflow_rows_keep_their_labels():
     batch = gauss_batch(64, num_classes=3)
     batch.y_kept = batch.y.clone()
     batch.y = torch.full_like(batch.y, 3)  # every label dropped
-    tg = m.targets(None, Affine(0.0, torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)), batch, 0,
+    tg = m.targets(Affine(0.0, torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)), None, batch, 0,
                    torch.Generator().manual_seed(0))
     assert torch.equal(tg.y[:32], batch.y_kept[:32]) and torch.all(tg.y[32:] == 3)
     assert torch.allclose(tg.target[:32, 0], batch.y_kept[:32].double())  # the roll-out was conditional
@@ -382,19 +389,62 @@ class DRecorder(nn.Module):
         return torch.zeros_like(x)
 
 
+@pytest.mark.parametrize("flow_d,d_flow", [("min", 1 / 8), ("zero", 0.0)])
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
-def test_live_reflow_samples_every_n_below_M_with_the_d1_code(n):
-    # n < M: n Euler steps, each one unguided pass at d = 1; n = M: the flow query (d = 0) with CFG
+def test_live_reflow_samples_every_n_below_M_with_the_d1_code(n, flow_d, d_flow):
+    # n < M: n Euler steps, each one unguided pass at d = 1; n = M: the flow query (authors: d = 1/M) with CFG
     M, w = 8, 2.0
-    m = make("live_reflow", M=M, num_classes=3, cfg_scale=w)
+    m = make("live_reflow", M=M, num_classes=3, cfg_scale=w, flow_d=flow_d)
     net = DRecorder()
     sample(m, net, torch.zeros(5, 2), torch.tensor([0, 1, 2, 0, 1]), n)
     if n < M:
         assert len(net.queries) == n
         assert all(torch.all(d == 1) and torch.all(y < 3) for _, d, y in net.queries)
     else:
-        assert len(net.queries) == n and all(len(d) == 10 and torch.all(d == 0) for _, d, y in net.queries)
+        assert len(net.queries) == n and all(len(d) == 10 and torch.all(d == d_flow) for _, d, y in net.queries)
     assert [q[0][0].item() for q in net.queries] == [i / n for i in range(n)]
+
+
+def test_live_reflow_authors_recipe_as_their_code():
+    """kvfrans/shortcut-models baselines/targets_livereflow.py: bootstrap_size = batch_size // bootstrap_every
+    (line 26; bootstrap_every 8 in train.py), the roll-out and the flow rows at dt_base = log2(M) (lines 22-23,
+    33, 39: d = 1/M), the roll-out with train_state.call_model (the live weights), eval with use_ema = 0."""
+    M, B = 8, 64
+    m = make("live_reflow", M=M)
+    assert m.num_reflow_rows(B) == B // 8 and m.eval_weights == "live" and m.opts.deviations() == {}
+
+    class Recorder(nn.Module):  # f = c; records the d of every query
+        def __init__(self, c):
+            super().__init__()
+            self.c, self.ds = c, []
+
+        def forward(self, x, t, d, y):
+            self.ds.append(d.clone())
+            return torch.full_like(x, self.c)
+
+    live, ema = Recorder(0.5), Recorder(-1.0)
+    batch = gauss_batch(B)
+    tg = m.targets(live, ema, batch, 0, torch.Generator().manual_seed(0))
+    nb = B // 8
+    assert len(live.ds) == 8 and not ema.ds  # 8 roll-out steps, all with the live weights
+    assert all(torch.all(d == 1 / M) for d in live.ds)  # at the flow level, d = 1/M
+    assert torch.allclose(tg.target[:nb], torch.full_like(tg.target[:nb], 0.5))  # x1_hat = x0 + 0.5
+    assert torch.all(tg.d[:nb] == 1) and torch.all(tg.d[nb:] == 1 / M)
+    # today's former choices are named deviations
+    old = make("live_reflow", M=M, k=0.25, bootstrap_ema=True, flow_d="zero", eval_weights="ema")
+    assert old.opts.deviations() == {"k": 0.25, "flow_d": "zero", "bootstrap_ema": True, "eval_weights": "ema"}
+    from bench.config import Config, resolve
+    from bench.run import deviation_tag
+
+    cfg = resolve("live_reflow", "smoke", [])
+    assert cfg.method.deviations() == {} and deviation_tag(cfg) == {}
+    assert resolve("live_reflow", "smoke", ["k=1/4"]).method.deviations() == {"k": 0.25}
+    # a run stored before these knobs existed loads with the values it ran (flow rows at d = 0, EMA eval)
+    d = cfg.to_dict()
+    d["method"] = {k: v for k, v in d["method"].items() if k not in ("flow_d", "eval_weights", "recipe")}
+    d["method"].update(k=0.25, bootstrap_ema=True)
+    stored = Config.from_dict(d).method
+    assert (stored.flow_d, stored.eval_weights, stored.k, stored.bootstrap_ema) == ("zero", "ema", 0.25, True)
 
 
 # ----------------------------------------------------------------------------- MeanFlow
@@ -534,6 +584,8 @@ def test_nfe_per_sampling_run(name, cfg_scale):
         expect = n if cfg_scale == 1.0 else 2 * n
         if name == "live_reflow" and n < 8:
             expect = n  # the d = 1 code below M: guidance is baked into its training targets
+        if name == "progressive":
+            expect = n  # cfg = baked (the default, as the authors' code): stage 1's targets carry the guidance
         assert count_nfe(m, net, x0, y, n) == expect, (name, n)
 
 
@@ -547,7 +599,7 @@ def test_declared_passes_per_step_match_the_rows_evaluated(name):
     teacher = NFECounter(TinyNet(num_classes=3))
     m = make(name, M=M, train_steps=steps, num_classes=3, teacher=teacher if METHODS[name].needs_teacher else None,
              **({"num_pairs": 40} if name == "reflow" else {}),
-             **({"target_decay": 0.0} if "consistency" in name else {}))  # the target network = the counted model
+             **({"target_decay": 0.0} if name == "consistency_distillation" else {}))  # the target network = the counted model (CT: the EMA)
     model, ema = NFECounter(TinyNet(num_classes=3)), NFECounter(TinyNet(num_classes=3))
     g = torch.Generator().manual_seed(0)
     batch = Batch(x1=torch.randn(B, 2), x0=torch.randn(B, 2), y=torch.randint(0, 4, (B,)), null_class=3)
@@ -567,7 +619,6 @@ def test_declared_passes_per_step_match_the_rows_evaluated(name):
 @pytest.mark.parametrize("name", NEW)
 def test_training_is_deterministic_and_teachers_get_no_gradient(name):
     from bench.config import resolve
-    from bench.data import load_dataset
     from bench.teachers import TeacherPlan
     from bench.trainer import Trainer
     from bench.run import prepare
@@ -592,7 +643,10 @@ def test_training_is_deterministic_and_teachers_get_no_gradient(name):
                 p.model.load_state_dict(teacher.state_dict())
             before = {k: v.clone() for k, v in teacher.state_dict().items()}
         tr = Trainer(cfg, p.method, p.model, p.data, p.device, progress=False)
+        start = {k: v.clone() for k, v in tr.model.state_dict().items()}
         tr.fit()
+        # it trained: six optimiser steps moved the weights (else equal runs would prove nothing)
+        assert tr.step == 6 and any(not torch.equal(start[k], v) for k, v in tr.model.state_dict().items())
         if teacher is not None:
             assert not teacher.training
             assert all(not q.requires_grad and q.grad is None for q in teacher.parameters())
@@ -601,4 +655,3 @@ def test_training_is_deterministic_and_teachers_get_no_gradient(name):
 
     a, b_ = train_once(), train_once()
     assert all(torch.equal(a[k], b_[k]) for k in a)
-    assert load_dataset  # imported for the fixture's data path

@@ -123,20 +123,22 @@ def stage_batch(data, B=8):
     return Batch(x1=x1, x0=torch.randn(x1.shape, generator=g), y=y, null_class=10), g
 
 
-def test_losses_vanish_when_the_student_image_is_the_teachers():
+@pytest.mark.parametrize("anchors", ["fixed", "drawn"])
+def test_losses_vanish_when_the_student_image_is_the_teachers(anchors):
     """pred = PD's target puts x1_S on x1_T: the feature KL (tau = 1) and both relational KLs (head = identity) are 0."""
     data = digits()
-    opts = RDDOptions(M=2, loss_stages="1", feature_temperature=1.0, beta=0.0, queue_size=64, queue_update=16, num_anchors=32)
+    opts = RDDOptions(M=2, loss_stages="1", feature_temperature=1.0, beta=0.0, queue_size=64, queue_update=16, num_anchors=32,
+                      anchors=anchors)
     m = make(RelationalDistillation, opts, data)
     m.head = nn.Identity()
     batch, g = stage_batch(data)
-    for step in range(2):  # the second step has a memory to relate to
+    for step in range(2):  # drawn: the second step has a memory to relate to; fixed: the queue starts full
         tg = m.targets(None, None, batch, 0, g)
         losses = m.extra_loss(tg.target.clone(), tg, batch, 0, g)
-        assert set(losses) == {"feature_kl", "pair_kl"} | ({"memory_kl"} if step else set())
+        assert set(losses) == {"feature_kl", "pair_kl"} | ({"memory_kl"} if step or anchors == "fixed" else set())
         for v in losses.values():
             assert abs(v.item()) < 1e-6
-    assert m.queue.count == 32
+    assert m.queue.count == (64 if anchors == "fixed" else 32)
 
 
 def test_weights_and_stages():
@@ -151,14 +153,107 @@ def test_weights_and_stages():
     assert tg.weight is None and m.extra_loss(torch.zeros_like(tg.target), tg, batch, 1, g) == {}
     assert m.passes_per_step(96)["classifier_forward_rows"] == 32  # one stage of three
     assert m.run_params(256)["classifier.name"] == "digits-probe"
-    from bench.digits_classifier import load_classifier
-    from bench.checkpoint import state_hash
-
-    assert m.run_params(256)["classifier.sha256"] != state_hash(load_classifier().state_dict())  # not the FID network
     for bad in ("3", "8", "x", ""):
         with pytest.raises(BenchError, match="loss_stages"):
             CFDOptions(M=8, loss_stages=bad).validate()
     assert CFDOptions(M=8, loss_stages="all").student_steps() == {4, 2, 1}
+
+
+def linear_cka(a, b) -> float:
+    """Linear CKA (Kornblith et al. 2019) of (N, p) and (N, q) features: 1 for features one linear map apart."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a, b = a - a.mean(0), b - b.mean(0)
+    return float(np.linalg.norm(a.T @ b) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)))
+
+
+def test_the_classifier_is_not_the_fid_network():
+    """The features CFD / RDD distil through, against the features digits FID is measured in (the evaluator's
+    own extractor, on uint8 images as evaluation feeds it): on all 1,797 digits their linear CKA is far below
+    the 1 of one network (or one network up to a linear map), and the weights' hashes differ."""
+    from bench.metrics import FeatureSpace
+
+    data = digits()
+    m = make(ClassifierDistillation, CFDOptions(M=8), data)
+    space = FeatureSpace.resolve("auto", "images", "digits", "", progress=False)
+    u8 = data.to_uint8(data.x)
+    with torch.no_grad():
+        fid_features = space.create(torch.device("cpu"))(u8)[0]
+        h = m.classifier(u8[:, :1].float() / 127.5 - 1.0).h
+    assert fid_features.shape[0] == h.shape[0] == 1797
+    # a random 64-d linear read-out of the FID features scores 0.97; the probe (0.81 when written) must stay below 0.95
+    assert linear_cka(fid_features, fid_features @ torch.randn(128, 64, generator=torch.Generator().manual_seed(0))) > 0.95
+    assert linear_cka(h, fid_features) < 0.95
+    assert m.run_params(256)["classifier.sha256"] != space.weights_sha256
+
+
+def test_fixed_anchors_as_released():
+    """cantbebetter2/RDD losses/losses.py Memory_p2p_loss: sampled_indices = round(linspace(0, size - 1,
+    contrast_size)) (lines 106-108), queue = normalize(randn(size, dim)) (102-103), enqueue before the
+    anchors are read (166, 169)."""
+    import numpy as np
+
+    from methods.pd_variants import fixed_anchor_slots
+
+    # their lines 106-108 re-typed, at their default sizes (pixel_memory_size 20000, pixel_contrast_size 4096)
+    float_indices = torch.linspace(0, 20000 - 1, 4096)
+    released = torch.round(float_indices).long().tolist()
+    assert fixed_anchor_slots(20000, 4096).tolist() == released
+    assert released[0] == 0 and released[-1] == 19999 and len(set(released)) == 4096
+    # the same in exact arithmetic: float32 rounds one of 4,096 (3781 * 19999 / 4095 = 18465.4991) up
+    exact = np.round(np.arange(4096) * 19999 / 4095).astype(np.int64)
+    assert [i for i in range(4096) if exact[i] != released[i]] == [3781] and released[3781] == 18466
+
+    data = digits()
+    opts = RDDOptions(M=2, loss_stages="1", queue_size=50, queue_update=16, num_anchors=5, memory_weight=0.5,
+                      memory_temperature=0.2)
+    m = make(RelationalDistillation, opts, data)
+    assert m.queue.count == 50 and torch.allclose(m.queue.data.norm(dim=1), torch.ones(50))  # full of random unit vectors
+    slots = [0, 12, 24, 37, 49]  # round(linspace(0, 49, 5)) = round(0, 12.25, 24.5, 36.75, 49): 24.5 -> 24 (half to even)
+    assert fixed_anchor_slots(50, 5).tolist() == slots
+    batch, g = stage_batch(data, B=4)
+    for step in range(3):  # 16 pixels a step into slots 0-15, 16-31, 32-47
+        tg = m.targets(None, None, batch, 0, g)
+        pred = torch.zeros_like(tg.target)
+        losses = m.extra_loss(pred, tg, batch, 0, g)
+        after = m.queue.data.clone()  # this step's pixels are in already
+        assert m.queue.ptr == 16 * (step + 1)
+        with torch.no_grad():
+            out_t, out_s = m.classify(pred, tg)
+            z_t = pixel_embeddings(out_t.m).reshape(-1, after.shape[1])
+            q_s = pixel_embeddings(m.head(out_s.m)).reshape(-1, after.shape[1])
+        want = 0.5 * memory_relation_kl(z_t, q_s, after[slots], 0.2)
+        torch.testing.assert_close(losses["memory_kl"].detach(), want)
+    assert RDDOptions().deviations() == {} and RDDOptions(anchors="drawn").deviations() == {"anchors": "drawn"}
+    with pytest.raises(BenchError, match="anchors must be fixed or drawn"):
+        RDDOptions(anchors="random").validate()
+    with pytest.raises(BenchError, match="must not exceed queue_size"):
+        RDDOptions(queue_size=100, num_anchors=200, queue_update=10).validate()
+
+
+def test_final_steps_stops_the_stages_at_a_k_step_student():
+    """M = 32, final_steps = 4: the PD paper halves the step count per stage, 32 -> 16 -> 8 -> 4, so three
+    stages (written out here), each a third of the steps; CFD's classifier stage "4" is the last one."""
+    data = digits()
+    m = make(ClassifierDistillation, CFDOptions(M=32, final_steps=4, loss_stages="4"), data)
+    m.train_steps = 30
+    students = {}  # stage -> the student's step size 2d
+    batch, g = stage_batch(data)
+    for step in range(30):
+        tg = m.targets(None, None, batch, step, g)
+        students.setdefault(m.stage(step), set()).update(tg.d.tolist())
+        assert torch.allclose(tg.t / tg.d, (tg.t / tg.d).round())  # t on the student's grid
+    assert students == {1: {1 / 16}, 2: {1 / 8}, 3: {1 / 4}}
+    assert [m.stage(s) for s in range(30)] == [1] * 10 + [2] * 10 + [3] * 10
+    assert [m.uses_classifier(i) for i in (1, 2, 3)] == [False, False, True] and m.classifier_share() == 1 / 3
+    assert m.lr_span(25, 30) == (20, 10)
+    for bad, match in ((dict(final_steps=3), "final_steps"), (dict(final_steps=32), "final_steps"),
+                       (dict(final_steps=4, loss_stages="2"), "loss_stages")):
+        with pytest.raises(BenchError, match=match):
+            CFDOptions(M=32, **bad).validate()
+    assert CFDOptions(M=32, final_steps=4, loss_stages="all").student_steps() == {16, 8, 4}
 
 
 @pytest.mark.parametrize("cls,opts", [(ClassifierDistillation, CFDOptions(M=2, loss_stages="1")),
@@ -195,8 +290,9 @@ def test_queue_holds_whole_teacher_pixel_embeddings():
     with torch.no_grad():
         x1_t = tg.x_t + (1 - tg.t).reshape(-1, 1, 1, 1) * tg.target
         z = pixel_embeddings(m.classifier(x1_t).m).reshape(-1, m.queue.data.shape[1])  # (4 * 16 pixels, C)
-    stored = m.queue.contents()
-    assert stored.shape[0] == 24
+    assert m.queue.ptr == 24
+    stored = m.queue.data[:24]  # the slots this step wrote; the rest still hold the initial random unit vectors
+    torch.testing.assert_close(m.queue.data[24:].norm(dim=1), torch.ones(16))
     dist = (stored[:, None] - z[None]).norm(dim=-1)
     assert torch.all(dist.min(1).values < 1e-5)  # every entry is one pixel's embedding
     assert len(set(dist.argmin(1).tolist())) == 24  # 24 distinct pixels
@@ -235,8 +331,8 @@ def test_rdd_head_and_queue_survive_kill_and_resume(tmp_path):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     torch.testing.assert_close(straight.method.queue.contents(), resumed.method.queue.contents(), rtol=0, atol=0)
-    head = straight.method.head.state_dict()  # used from step 2 on (step 1: the queue is still empty)
-    assert head["1.num_batches_tracked"] == 5 and not torch.equal(head["0.weight"], load(
+    head = straight.method.head.state_dict()  # used at every step: fixed anchors, the queue starts full
+    assert head["1.num_batches_tracked"] == 6 and not torch.equal(head["0.weight"], load(
         previous(tmp_path / "a" / "last.pt"))["method"]["head"]["0.weight"])
 
 

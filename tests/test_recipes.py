@@ -57,11 +57,16 @@ def test_authors_shares_at_batch_256_exactly():
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows,M", [(32, 128), (64, 128), (17, 128), (5, 128), (48, 16), (9, 4), (3, 4), (64, 2)])
 def test_authors_allocation_matches_their_construction(rows, M, bias):
-    if bias and M == 2:
-        return  # rejected by validate (tested below)
     ref = np.bincount(authors_dt_base(rows, M, bias), minlength=int(np.log2(M))).tolist()
+    if bias and M == 2:
+        # their construction puts rows // 4 rows at dt_base 1 (d_big = 1/2), a level M = 2 lacks: refused
+        assert len(ref) == 2 and ref[1] == rows // 4 > 0
+        with pytest.raises(BenchError, match="needs M >= 4"):
+            ShortcutOptions(M=M, levels="authors_bias").validate()
+        return
     assert authors_level_counts(rows, int(np.log2(M)), bias) == ref
     assert sum(ref) == rows
+    ShortcutOptions(M=M, levels="authors_bias" if bias else "authors").validate()  # every other case runs
 
 
 def test_level_shares_are_logged_for_the_runs_batch():
@@ -215,19 +220,103 @@ def test_consistency_training_song_targets_and_target_ema():
     m.on_step_end(k, student, None)
     mu = song_target_decay(N, 2, 0.9)
     assert m.target_net(student).w.item() == pytest.approx(mu * 1.0 + (1 - mu) * 3.0)
-    with pytest.raises(BenchError, match="method.schedule must be authors or song"):
+    with pytest.raises(BenchError, match="method.schedule must be authors, song or fine"):
         resolve("consistency_training", "smoke", ["schedule=karras"])
 
 
-def test_consistency_training_authors_schedule_is_unchanged():
-    from methods.consistency import ct_delta
+def authors_dt_base_ct(max_steps: int, denoise_timesteps: int) -> list[int]:
+    """kvfrans/shortcut-models baselines/targets_consistency_training.py lines 10-11, re-typed in numpy, at
+    every update of their train.py: train_state.step runs 1 .. max_steps (utils/train_state.py create(step=1))."""
+    dt_flow = np.log2(denoise_timesteps).astype(np.int32)
+    return [int(np.floor(step / (max_steps / dt_flow))) for step in range(1, max_steps + 1)]
 
-    m = resolve("consistency_training", "smoke", ["M=8", "train.steps=40"])
+
+# Delta = 1 / 2**dt_base at our 0-based steps 0, 1, ..., worked out by hand from that expression:
+# M = 8, 12 steps: floor(s / 4) for s = 1 .. 12; M = 16, 16 steps: floor(s / 4); their last update alone at 1/M
+AUTHORS_CT_DELTAS = {
+    (8, 12): [1] * 3 + [1 / 2] * 4 + [1 / 4] * 4 + [1 / 8],
+    (16, 16): [1] * 3 + [1 / 2] * 4 + [1 / 4] * 4 + [1 / 8] * 4 + [1 / 16],
+}
+# M = 128, 700 steps: floor(s / 100); (our step, Delta)
+AUTHORS_CT_128 = [(0, 1), (98, 1), (99, 1 / 2), (198, 1 / 2), (199, 1 / 4), (598, 1 / 32), (599, 1 / 64), (698, 1 / 64),
+                  (699, 1 / 128)]
+
+
+def test_consistency_training_authors_schedule_as_their_code():
     from methods import METHODS
 
-    ct = METHODS["consistency_training"](m.method, 0, None, train_steps=40)
-    assert [ct.delta(s) for s in range(40)] == [ct_delta(s, 40, 8) for s in range(40)]
-    assert all(ct.target_decay(s) == 0.95 for s in (0, 39))
+    def ct(M, steps, *over):
+        cfg = resolve("consistency_training", "smoke", [f"M={M}", f"train.steps={steps}", *over])
+        return METHODS["consistency_training"](cfg.method, 0, None, train_steps=steps)
+
+    for (M, steps), deltas in AUTHORS_CT_DELTAS.items():
+        m = ct(M, steps)
+        assert [m.delta(s) for s in range(steps)] == deltas
+        assert deltas == [2.0 ** -b_ for b_ in authors_dt_base_ct(steps, M)]  # the table is their expression
+    m = ct(128, 700)
+    assert [(s, m.delta(s)) for s, _ in AUTHORS_CT_128] == AUTHORS_CT_128
+    # their expression at every step of a few runs, the float arithmetic as they wrote it
+    for M, steps in ((8, 40), (16, 1000), (32, 2500), (128, 4000)):
+        m = ct(M, steps)
+        assert [m.delta(s) for s in range(steps)] == [2.0 ** -b_ for b_ in authors_dt_base_ct(steps, M)]
+        # log2(M) phases of equal length ending at 2/M (the last update alone at 1/M)
+        assert sorted({m.delta(s) for s in range(steps - 1)}) == [2.0 ** -p for p in range(int(np.log2(M)) - 1, -1, -1)]
+    # the published schedules are no deviation; ours ("fine": down to 1/M, a target network of its own) is
+    assert ct(8, 40).opts.deviations() == {}
+    assert ct(8, 40, "schedule=song").opts.deviations() == {}
+    assert ct(8, 40, "schedule=fine").opts.deviations() == {"schedule": "fine", "target_decay": 0.95}
+    with pytest.raises(BenchError, match="target_decay is read by schedule = fine only"):
+        ct(8, 40, "target_decay=0.5")
+    from bench.run import deviation_tag
+
+    cfg = resolve("consistency_training", "smoke", ["schedule=fine"])
+    assert deviation_tag(cfg) == {"method.deviations": "schedule=fine, target_decay=0.95"}
+
+
+def test_consistency_training_fine_schedule_table():
+    # schedule = fine (ours): log2(M) + 1 equal phases from 1 down to 1/M, worked out by hand
+    from methods import METHODS
+
+    cfg = resolve("consistency_training", "smoke", ["M=8", "train.steps=40", "schedule=fine"])
+    m = METHODS["consistency_training"](cfg.method, 0, None, train_steps=40)
+    assert [m.delta(s) for s in range(40)] == [1.0] * 10 + [0.5] * 10 + [0.25] * 10 + [0.125] * 10
+    assert all(m.target_decay(s) == 0.95 for s in (0, 39))
+
+
+class _Scalar(nn.Module):
+    """f = w: a target network can be told apart from the student by its w."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([w], dtype=torch.float64))
+
+    def forward(self, x, t, d, y):
+        return self.w.expand_as(x)
+
+
+def test_consistency_training_authors_target_is_the_training_ema():
+    # their line 29: v_b2 = train_state.call_model_ema(x_t2, t2, ...); pred_x1 = x_t2 + (1 - t2) v_b2;
+    # v_target = (pred_x1 - x_t) / (1 - t). Student w = 1, training EMA w = 2.5: the target uses 2.5.
+    from methods import METHODS
+
+    cls = METHODS["consistency_training"]
+    m = cls(cls.Options(M=8), 0, None, train_steps=12)
+    g = torch.Generator().manual_seed(0)
+    B = 512
+    x0, x1 = torch.randn(B, 1, generator=g, dtype=torch.float64), torch.randn(B, 1, generator=g, dtype=torch.float64)
+    batch = Batch(x1=x1, x0=x0, y=torch.zeros(B, dtype=torch.long), null_class=0)
+    student, ema = _Scalar(1.0), _Scalar(2.5)
+    tg = m.targets(student, ema, batch, 5, torch.Generator().manual_seed(1))  # step 5: Delta = 1/2
+    t = tg.t[:, None]
+    assert set(tg.t.tolist()) == {0.0, 0.5}
+    t2 = t + 0.5
+    x_t, x_t2 = (1 - t) * x0 + t * x1, (1 - t2) * x0 + t2 * x1
+    assert torch.allclose(tg.target, (x_t2 + (1 - t2) * 2.5 - x_t) / (1 - t))
+    # no target network of its own: nothing to follow after the step, nothing in the checkpoint
+    m.on_step_end(5, student, ema)
+    assert m.state_dict() == {"target_net": None} and "target_decay" not in tg.info
+    with pytest.raises(BenchError, match="training EMA"):
+        m.targets(student, None, batch, 5, torch.Generator().manual_seed(1))
 
 
 # ----------------------------------------------------------------------------- progressive: cfg = sampling | baked
@@ -271,3 +360,42 @@ def test_progressive_cfg_baked_guides_the_first_stage_teacher(cfg):
     assert count_nfe(m, net, torch.zeros(3, 2), torch.tensor([0, 1, 0]), 2) == (2 if cfg == "baked" else 4)
     # a sweep over cfg_scale retrains per scale only when the scale is baked in
     assert cls.is_sampling_time("cfg_scale", opts) == (cfg == "sampling")
+
+
+def test_progressive_bakes_the_guidance_by_default_as_the_authors():
+    """kvfrans/shortcut-models baselines/targets_progressive.py: dt_base = dt_flow - floor(step / (max_steps /
+    dt_flow)) - 1 (line 11), cfg_scale = where(dt_base == dt_flow - 1, cfg_scale, 1) (line 29, bootstrap_cfg 1 as
+    their ImageNet command): guided teacher targets in the first stage only, at every other stage unguided."""
+    from methods import METHODS
+
+    cfg = resolve("progressive", "smoke", ["cfg_scale=1.5"])
+    assert cfg.method.cfg == "baked" and cfg.method.deviations() == {}
+    assert resolve("progressive", "smoke", ["cfg_scale=1.5", "cfg=sampling"]).method.deviations() == {"cfg": "sampling"}
+    assert resolve("progressive", "smoke", ["cfg=sampling"]).method.deviations() == {}  # w = 1: nothing to place
+    assert resolve("cfd", "digits", ["cfg_scale=2", "cfg=sampling"]).method.deviations() == {"cfg": "sampling"}
+
+    M, steps, w = 8, 24, 3.0
+    dt_flow = int(np.log2(M))
+    their = {}  # their stage (dt_flow - dt_base, 1 = the first) -> the scale of its teacher targets
+    for step in range(1, steps + 1):  # their train_state.step runs 1 .. max_steps
+        dt_base = dt_flow - np.floor(step / (steps / dt_flow)) - 1
+        if dt_base >= 0:  # their last update alone would reach dt_base = -1 (d = 2): no stage
+            their.setdefault(int(dt_flow - dt_base), set()).add(w if dt_base == dt_flow - 1 else 1.0)
+    c = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)  # f = c[y]: two classes and the null label
+    cls = METHODS["progressive"]
+    m = cls(cls.Options(M=M, cfg_scale=w), 2, LabelAffine(c), train_steps=steps)
+    B = 30
+    y = torch.arange(B) % 3
+    batch = Batch(x1=torch.zeros(B, 1, dtype=torch.float64), x0=torch.zeros(B, 1, dtype=torch.float64), y=y, null_class=2)
+    guided = c[2] + w * (c[y] - c[2])
+    ours = {}
+    for step in range(steps):
+        tg = m.targets(None, None, batch, step, torch.Generator().manual_seed(step))
+        scale = w if torch.allclose(tg.target[:, 0], guided) else 1.0 if torch.allclose(tg.target[:, 0], c[y]) else None
+        ours.setdefault(m.stage(step), set()).add(scale)
+        m.on_step_end(step, None, LabelAffine(c))  # the next stage's teacher: an (unguided) copy of the student
+    assert ours == their == {1: {w}, 2: {1.0}, 3: {1.0}}
+    # sampling with the baked student: one unguided pass per step
+    from bench.sampling import count_nfe
+
+    assert count_nfe(m, LabelAffine(torch.tensor([1.0, 2.0, 0.5])), torch.zeros(3, 1), torch.tensor([0, 1, 0]), 4) == 4

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 23's digits runs that a shared 2-core session could not afford (about 5 min each, 15 runs):
+# per seed, one flow-matching teacher shared by every distilled run of that seed (paired: same seed,
+# same evaluation noise, same teacher), then
+#   progressive, cfg = baked    at cfg_scale W  (the authors' code; the default)
+#   progressive, cfg = sampling at cfg_scale W  (CFG at every sampling step; logged as a deviation)
+#   cfd and rdd, final_steps = 4                (the 4-step students the CFD / RDD papers compare)
+# and then `bench report` on the experiment. The digits profile has cfg_scale 1 (where baked and
+# sampling are the same model), so the PD pair runs at W (default 1.5, the imagenet256 profile's).
+#
+# Usage: scripts/issue23_runs.sh [--seeds "0 1 2"] [--experiment digits-issue23] [--cfg-scale 1.5]
+#                                [--profile digits] [--dry-run]
+# --dry-run prints the commands (teacher ids as FM_<seed>) and runs nothing.
+# BENCH overrides the command (default: python -m bench.cli, run from the repository root).
+set -euo pipefail
+
+SEEDS="0 1 2"
+EXPERIMENT="digits-issue23"
+CFG_SCALE="1.5"
+PROFILE="digits"
+DRY_RUN=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seeds) SEEDS="$2"; shift 2 ;;
+        --experiment) EXPERIMENT="$2"; shift 2 ;;
+        --cfg-scale) CFG_SCALE="$2"; shift 2 ;;
+        --profile) PROFILE="$2"; shift 2 ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        *) echo "issue23_runs.sh: unknown argument $1 (see the usage at the top of the script)" >&2; exit 2 ;;
+    esac
+done
+BENCH="${BENCH:-python -m bench.cli}"
+
+bench_run() {  # bench_run ARGS...: print the command; run it unless --dry-run; its run id in LAST_RUN_ID
+    echo "$BENCH run $*"
+    if [ "$DRY_RUN" = 1 ]; then
+        return 0
+    fi
+    local log
+    log=$(mktemp)
+    $BENCH run "$@" --quiet 2>&1 | tee "$log" >&2
+    LAST_RUN_ID=$(sed -n 's/^run \([0-9a-f]*\) in experiment .*/\1/p' "$log" | tail -n 1)
+    rm -f "$log"
+    if [ -z "$LAST_RUN_ID" ]; then
+        echo "issue23_runs.sh: no run id in the output of: $BENCH run $*" >&2
+        exit 1
+    fi
+}
+
+for S in $SEEDS; do
+    COMMON=(-p "$PROFILE" -e "$EXPERIMENT" --seed "$S")
+    LAST_RUN_ID="FM_$S"
+    bench_run -m flow_matching "${COMMON[@]}"
+    TEACHER="$LAST_RUN_ID"
+    bench_run -m progressive "${COMMON[@]}" --set "teacher=$TEACHER" --set "cfg_scale=$CFG_SCALE" --set cfg=baked
+    bench_run -m progressive "${COMMON[@]}" --set "teacher=$TEACHER" --set "cfg_scale=$CFG_SCALE" --set cfg=sampling
+    bench_run -m cfd "${COMMON[@]}" --set "teacher=$TEACHER" --set final_steps=4
+    bench_run -m rdd "${COMMON[@]}" --set "teacher=$TEACHER" --set final_steps=4
+done
+echo "$BENCH report -e $EXPERIMENT"
+if [ "$DRY_RUN" = 0 ]; then
+    $BENCH report -e "$EXPERIMENT"
+fi
