@@ -162,6 +162,8 @@ def test_inception_v3_compat_loads_a_local_weights_file(tmp_path, monkeypatch):
     got = fe(imgs)[0]
     reference_net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
     assert got.shape == (2, 2048) and torch.isfinite(got).all()
+    # calibrated BatchNorm: features of unit scale that tell two images apart (uncalibrated: ~1e-8, FID 0.000)
+    assert got.abs().mean() > 0.1 and (got[0] - got[1]).abs().mean() > 0.1
     torch.testing.assert_close(got, reference_net(imgs)[0])
 
 
