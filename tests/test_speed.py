@@ -111,6 +111,20 @@ def test_predicted_ratios_by_hand():
     assert predicted_ratio(passes("shortcut", "k=0.125"), fm) == pytest.approx(832 / 768)
 
 
+def test_every_method_is_timed_with_the_profile_train_steps():
+    """bench speed builds each method with train.steps: reflow's one-off pairs (num_pairs x M teacher rows) are
+    spread over the run's steps, not over one (a signature check once hid train_steps from (*args, **kwargs))."""
+    from bench.config import resolve
+    from bench.speed import _make_method
+
+    for name in METHODS:
+        cfg = resolve(name, "digits", [])
+        assert _make_method(cfg, 10, None).train_steps == cfg.train.steps == 2500, name
+    cfg = resolve("reflow", "digits", ["num_pairs=22000"])
+    extra = _make_method(cfg, 10, None).passes_per_step(128)["nograd_rows"]
+    assert extra == pytest.approx(2000 * 11 * 32 / 2500)  # 2,000 pairs per label x 11 labels x M = 32 rows
+
+
 def test_peaks_and_ratios():
     from bench.speed import median_ratio, peak_tflops
 
