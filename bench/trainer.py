@@ -274,10 +274,11 @@ class Trainer:
             bad_loss = torch.where(first == bad_step, bad_loss, torch.nan)  # nan: the value is on another rank
             bad_step = torch.where(first == never, -1, first)
         mean_values = sums / counts
-        means = {k: v for k, v in zip(self._acc, mean_values.tolist()) if math.isfinite(v) or k == "loss"}
+        every = dict(zip(self._acc, mean_values.tolist()))
+        means = {k: v for k, v in every.items() if math.isfinite(v) or k == "loss"}  # a group without rows: no point
         bad = int(bad_step.item())
         if bad >= 0:
-            parts = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in every.items())
             raise NonFiniteLoss(
                 f"Training loss became non-finite ({bad_loss.item()}) at step {bad}; "
                 f"mean loss parts over steps {self.step - self._acc_n + 1}-{self.step}: {parts}. "
