@@ -62,6 +62,9 @@ class TrainConfig:
     label_dropout: float = 0.0  # p_uncond: share of rows whose label becomes the null class (CFG)
     checkpoint_every: int = 2000  # steps between atomic checkpoints (one more at the end)
     log_every: int = 50  # steps between train/loss points (and the non-finite check)
+    # warn (one line, run tag train.diverging_levels) when a level of the method's loss ladder rose at each
+    # of this many consecutive log points while its base (flow) loss fell; 0 = off (bench/levels.py)
+    divergence_points: int = 5
     eval_every: int = 0  # steps between evaluations during training (0: only at the end)
     precision: str = "fp32"  # "fp32" or "bf16" (autocast, CUDA only)
     compile: bool = False  # torch.compile the model (CUDA)
@@ -389,6 +392,8 @@ def validate(cfg: Config) -> None:
                          f"got {cfg.train.checkpoint_every}.")
     if cfg.train.lr_warmup < 0:
         raise BenchError(f"train.lr_warmup must be >= 0 steps, got {cfg.train.lr_warmup}.")
+    if cfg.train.divergence_points < 0:
+        raise BenchError(f"train.divergence_points must be >= 0 (0 = no warning), got {cfg.train.divergence_points}.")
     if cfg.train.workers < 1:
         raise BenchError(f"train.workers must be >= 1, got {cfg.train.workers}.")
     if cfg.train.batch_size % cfg.train.workers:

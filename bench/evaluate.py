@@ -1,7 +1,11 @@
 """Evaluation: for each number of sampling steps n, generate `eval.num_samples` with the EMA
 weights and the method's sampler, and measure them against the reference set.
 
-The same noise and labels (seed `eval.seed` = run seed + EVAL_SEED_OFFSET) are used for every n.
+The same noise and labels (seed `eval.seed` = run seed + EVAL_SEED_OFFSET) are used for every n, so
+each n's samples are paired with the M-step samples from the same starting points: `evaluate_steps`
+evaluates n = M first (then M/2, ..., 1), keeps its samples and features, and adds `paired_to_M`
+(and `paired_to_M_features`, and `paired_to_2n`) to every n's metrics, with no sampling beyond the
+evaluation's own.
 """
 
 from __future__ import annotations
@@ -34,6 +38,23 @@ class EvalResult:
     samples: np.ndarray
     labels: np.ndarray | None
     seconds: float
+    features: Tensor | None = None  # (N, D) on the device: kept for the n that others are paired with
+
+
+def paired_distances(samples: np.ndarray, anchor_samples: np.ndarray, features: Tensor | None = None,
+                     anchor_features: Tensor | None = None) -> dict[str, float]:
+    """Mean squared distance per dimension between paired samples (row i of both from the same noise
+    and label): `paired_to_M` in the data space over the rows both kept, `paired_to_M_features` in the
+    feature space over all N rows (images: features exist apart from the data)."""
+    k = min(len(samples), len(anchor_samples))
+    out = {}
+    if k:
+        a = samples[:k].reshape(k, -1).astype(np.float64)
+        b = anchor_samples[:k].reshape(k, -1).astype(np.float64)
+        out["paired_to_M"] = float(np.mean((a - b) ** 2))
+    if features is not None and anchor_features is not None:
+        out["paired_to_M_features"] = float((features.double() - anchor_features.double()).pow(2).mean())
+    return out
 
 
 def sync(device: torch.device) -> None:
@@ -119,7 +140,14 @@ class Evaluator:
             "eval.sampling_precision": self.precision,  # what eval.precision resolved to on this device
             "eval.feature_precision": "fp32",
             "eval.mode_hit_rule": "a mode is hit when it holds >= 10% of a fair share N/K" if self.data.modes else "n/a",
+            # rows of paired_to_M in the data space (the samples kept per n); features: all num_samples
+            "eval.paired_samples": self.kept_rows(),
         }
+
+    def kept_rows(self) -> int:
+        """Samples kept per n on the host (saved as samples/steps_{n}.npz; all of them for 2-D points)."""
+        N = self.cfg.eval.num_samples
+        return min(self.cfg.eval.save_samples, N) if self.space.extractor is not None else N
 
     # -- reference ------------------------------------------------------------------
     def cache_name(self) -> str:
@@ -253,9 +281,33 @@ class Evaluator:
             save_picture(r, self.data, out / "steps.png", pts)
             return time.perf_counter() - t0
 
+    # -- every n ----------------------------------------------------------------------
+    def evaluate_steps(self, method: Method, model: nn.Module, steps: list[int], M: int):
+        """Yields the EvalResult of every n in `steps`, the largest first (n = M, when among them, is the
+        anchor: its samples and features are kept). Every n's metrics get paired_distances to the M-step
+        samples (`paired_to_M`, 0 at n = M itself) and, where 2n was evaluated, `paired_to_2n`: the mean
+        squared distance per dimension to the 2n-step samples from the same noise (the gap that the
+        level d = 1/n of a self-consistent model closes)."""
+        anchor, previous = None, None
+        for n in sorted(steps, reverse=True):
+            r = self.evaluate(method, model, n)
+            if n == M:
+                anchor = (r.samples, r.features)  # its own references: callers may cut r.samples
+            if anchor is not None:
+                r.metrics.update(paired_distances(r.samples, anchor[0], r.features, anchor[1]))
+            if previous is not None and previous[0] == 2 * n:
+                gap = paired_distances(r.samples, previous[1]).get("paired_to_M")
+                if gap is not None:
+                    r.metrics["paired_to_2n"] = gap
+            previous = (n, r.samples)
+            r.features = None
+            yield r
+
     # -- one n ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, method: Method, model: nn.Module, num_sampling_steps: int) -> EvalResult:
+        """EvalResult.features: the (N, D) features on the device (images; the points' coordinates are
+        their samples), for paired_distances; drop them once used."""
         ec = self.cfg.eval
         n, N = num_sampling_steps, ec.num_samples
         was_training = model.training
@@ -271,7 +323,8 @@ class Evaluator:
         if self.data.modes is not None:
             out.update(M.mode_coverage(torch.from_numpy(samples[:N]).float(), self.data.modes.assign, self.data.modes.count))
         model.train(was_training)
-        return EvalResult(n, out, samples, labels, time.perf_counter() - t0)
+        keep = feats[:N] if self.space.extractor is not None else None  # every n pairs its features with these
+        return EvalResult(n, out, samples, labels, time.perf_counter() - t0, keep)
 
     def _generate(self, method, model, n, pad: bool = False) -> tuple[Tensor, np.ndarray, np.ndarray | None]:
         """One streamed pass on the device: noise -> sampler -> (decoding -> uint8 -> features) per batch.

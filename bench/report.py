@@ -11,7 +11,11 @@ $BENCH_STORE/reports/<experiment>/ unless --out says where (the committed refere
 - paired.md / paired.csv (two groups or more): per-seed differences between groups that share seeds
   and evaluation noise, with their 95 % t-intervals (bench.paired);
 - several methods: fid_vs_compute.png/.svg (FID at 1, 4 and M steps against training compute);
-  one method's sweep: fid_vs_swept.png/.svg and .csv (FID against the swept value).
+  one method's sweep: fid_vs_swept.png/.svg and .csv (FID against the swept value);
+- runs with paired_to_M: paired_vs_steps.png/.svg (against n per group) and paired_intervals.csv (its
+  95 % interval's relative half-width against FID's at the same n);
+- runs that share a loss ladder (the `loss_ladder` param): levels.png/.svg (each level's training loss
+  over the steps per group or swept value, and the final losses side by side) and levels_final.csv.
 
 A group is every run with the same method, dataset, profile and config values: only the seed
 (and what is per run by nature: ids, teacher ids, file locations) may differ. Groups are labelled
@@ -29,7 +33,8 @@ from bench.errors import BenchError
 from bench.plots import axis, pyplot, save
 from methods.base import step_cost
 
-EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
+EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe",
+                "paired_to_M", "paired_to_M_features", "paired_to_2n")
 SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
 # params that group runs: the resolved config (settable) and what the harness derived from it
 GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.", "classifier.")
@@ -452,6 +457,175 @@ def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     return save(fig, path)
 
 
+# -- the paired distance to the M-step samples (bench.evaluate.paired_distances) -----------------
+def plot_paired_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    """paired_to_M against n < M (0 at M by construction), one line per group: the mean over its runs
+    with the 95 % t-interval as a band; the feature-space distance in a second panel where logged."""
+    plt = pyplot()
+    metrics = [m for m in ("paired_to_M", "paired_to_M_features") if (df["metric"] == m).any()]
+    order = sorted(df.loc[df["metric"].isin(metrics), "group"].unique(), key=_sort_key)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics) + 1.4, 4.2), dpi=120, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        d = df[(df["metric"] == metric) & (df["value"] > 0)]
+        stats = d.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
+        floor, top = _bands(stats)
+        _lines(ax, stats, "group", "steps", [g for g in order if g in set(stats["group"])], floor)
+        steps = sorted(d["steps"].unique())
+        axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
+        axis(ax, "y", floor, top)
+        ax.set_ylim(floor, top)
+        ax.set_xlabel("sampling steps n")
+        space = "data space" if metric == "paired_to_M" else f"{', '.join(sorted(d['feature_space'].unique()))} features"
+        ax.set_ylabel(f"{metric}: mean squared distance per dimension ({space})", fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    runs = int(df[df["metric"].isin(metrics)].groupby("group")["run_id"].nunique().max())
+    fig.suptitle(f"{title}: each n's samples against the same model's M-step samples from the same noise and labels"
+                 + (f", mean and 95 % t-interval over up to {runs} runs" if runs > 1 else ""), fontsize=9)
+    _legend(axes[0][-1], group_title(df))
+    return save(fig, path)
+
+
+def paired_interval_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per group and n < M: the 95 % t-interval of paired_to_M (and paired_to_M_features) and of FID
+    over the group's runs, each as its relative half-width (half-width / mean), and FID's relative
+    half-width over the paired one's: how many times narrower the paired interval is."""
+    rows = []
+    for (group, n), sub in df.groupby(["group", "steps"]):
+        fid = mean_ci(sub.loc[sub["metric"] == "fid", "value"])
+        for metric in ("paired_to_M", "paired_to_M_features"):
+            pm = mean_ci(sub.loc[sub["metric"] == metric, "value"])
+            if pm[2] < 2 or fid[2] < 2 or not pm[0] > 0:
+                continue  # n = M (0 by construction) or a single run: no interval
+            rel_p, rel_f = pm[1] / pm[0], fid[1] / fid[0]
+            rows.append({"group": group, "steps": int(n), "metric": metric, "runs": pm[2], "mean": pm[0], "ci95": pm[1],
+                         "rel_halfwidth": rel_p, "fid_mean": fid[0], "fid_ci95": fid[1], "fid_rel_halfwidth": rel_f,
+                         "fid_over_paired": rel_f / rel_p if rel_p > 0 else math.nan})
+    return pd.DataFrame(rows)
+
+
+# -- a method's loss ladder over training (bench.levels; the runs' loss_ladder param) ------------
+def collect_levels(experiment: str, uri: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """(one row per finished run, ladder group and logged training step: the train/loss_<group> history,
+    the ladder) for the runs of `experiment` that share one loss_ladder; empty when none has one or
+    their ladders differ (several methods)."""
+    c = open_store(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = [r for r in c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50_000)
+            if "loss_ladder" in r.data.params and r.data.tags.get("bench.role") != "teacher"]
+    ladders = {r.data.params["loss_ladder"] for r in runs}
+    if len(ladders) != 1:
+        return pd.DataFrame(), {}
+    ladder = json.loads(ladders.pop())
+    rows = []
+    for r in runs:
+        for g in ladder["groups"]:
+            for m in c.get_metric_history(r.info.run_id, f"train/loss_{g}"):
+                rows.append({"run_id": r.info.run_id, "level": g, "step": int(m.step), "value": float(m.value)})
+    return pd.DataFrame(rows), ladder
+
+
+def _level_hue(df: pd.DataFrame, levels: pd.DataFrame) -> pd.DataFrame:
+    """levels with the column the report's lines follow (a sweep's key, else the group) from df's runs."""
+    hue = hue_column(df)
+    runs = df.drop_duplicates("run_id").set_index("run_id")[hue]
+    out = levels[levels["run_id"].isin(runs.index)].copy()
+    out["hue"] = out["run_id"].map(runs)
+    out.attrs["hue"] = hue
+    return out
+
+
+def levels_final_table(df: pd.DataFrame, levels: pd.DataFrame, ladder: dict) -> pd.DataFrame:
+    """Per hue value (k of a k sweep) and ladder group: each run's last logged loss, mean and 95 %
+    t-interval over runs."""
+    lv = _level_hue(df, levels)
+    last = lv.sort_values("step").groupby(["run_id", "level"]).tail(1)
+    rows = []
+    for (h, g), sub in last.groupby(["hue", "level"]):
+        m, half, n = mean_ci(sub["value"])
+        rows.append({lv.attrs["hue"]: h, "level": g, "label": ladder["labels"][ladder["groups"].index(g)],
+                     "step": int(sub["step"].max()), "mean": m, "ci95": half, "runs": n})
+    table = pd.DataFrame(rows)
+    table["_order"] = table["level"].map(ladder["groups"].index)
+    table = table.sort_values([lv.attrs["hue"], "_order"], key=lambda c: c.map(_sort_key) if c.name != "_order" else c)
+    return table.drop(columns="_order").reset_index(drop=True)
+
+
+def plot_levels(df: pd.DataFrame, levels: pd.DataFrame, ladder: dict, path: Path, title: str) -> list[Path]:
+    """Left: one panel per ladder group, its loss over training, one line per hue value (mean over
+    runs, 95 % t-band); right: the final losses per group side by side, one bar per hue value."""
+    import numpy as np
+    import seaborn as sns
+
+    plt = pyplot()
+    lv = _level_hue(df, levels)
+    hue = lv.attrs["hue"]
+    hues = sorted(lv["hue"].unique(), key=_sort_key)
+    groups = ladder["groups"]
+    colours = sns.color_palette("colorblind" if len(hues) <= 10 else "husl", len(hues))
+    cols = min(len(groups), 4)
+    rows_ = -(-len(groups) // cols)
+    fig = plt.figure(figsize=(3.3 * cols + 5.5, 2.6 * rows_ + 0.8), dpi=120)
+    gs = fig.add_gridspec(rows_, cols + 2)
+    for i, g in enumerate(groups):
+        ax = fig.add_subplot(gs[i // cols, i % cols])
+        for c, h in zip(colours, hues):
+            sub = lv[(lv["level"] == g) & (lv["hue"] == h)]
+            if sub.empty:
+                continue
+            st = sub.groupby("step")["value"].apply(_interval).unstack().reset_index()
+            ax.plot(st["step"], st["mean"], color=c, lw=1.2, label=str(h))
+            if (st["n"] > 1).any():
+                ax.fill_between(st["step"], st["lo"].clip(lower=st["mean"].min() / 10), st["hi"], color=c, alpha=0.15, lw=0)
+        pos = lv.loc[(lv["level"] == g) & (lv["value"] > 0), "value"]
+        if len(pos):
+            axis(ax, "y", float(pos.min()), float(pos.max()))
+        ax.set_title(ladder["labels"][i], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if i // cols == rows_ - 1:
+            ax.set_xlabel("training step", fontsize=8)
+    final = levels_final_table(df, levels, ladder)
+    ax = fig.add_subplot(gs[:, cols:])
+    width = 0.8 / max(len(hues), 1)
+    x = np.arange(len(groups))
+    for j, (c, h) in enumerate(zip(colours, hues)):
+        sub = final[final[hue] == h].set_index("level").reindex(groups)
+        err = sub["ci95"].where(sub["runs"] > 1)
+        ax.bar(x + (j - (len(hues) - 1) / 2) * width, sub["mean"], width, yerr=err.fillna(0).to_numpy(), color=c,
+               label=str(h), capsize=2)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(ladder["labels"], rotation=45, ha="right", fontsize=7)
+    ax.set_title("final loss per level (last log point)", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    _legend(ax, hue)
+    runs = int(lv.groupby("hue")["run_id"].nunique().max())
+    fig.suptitle(f"{title}: training loss per level (train/loss_<group>), mean over up to {runs} run(s) per line"
+                 + (", 95 % t-bands / bars" if runs > 1 else ""), fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def write_level_report(df: pd.DataFrame, experiment: str, out: Path, uri: str | None = None) -> list[Path]:
+    """paired_vs_steps.png and paired_intervals.csv where runs logged paired_to_M; levels.png and
+    levels_final.csv where the runs share a loss ladder."""
+    from bench.checkpoint import atomic_write
+
+    written: list[Path] = []
+    if (df["metric"] == "paired_to_M").any() and (df.loc[df["metric"] == "paired_to_M", "value"] > 0).any():
+        written += plot_paired_vs_steps(df, out / "paired_vs_steps.png", experiment)
+        table = paired_interval_table(df)
+        if not table.empty:
+            text = table.to_csv(index=False, float_format="%.6g")
+            written.append(atomic_write(out / "paired_intervals.csv", lambda fh: fh.write(text.encode())))
+    levels, ladder = collect_levels(experiment, uri)
+    if not levels.empty:
+        written += plot_levels(df, levels, ladder, out / "levels.png", experiment)
+        text = levels_final_table(df, levels, ladder).to_csv(index=False, float_format="%.6g")
+        written.append(atomic_write(out / "levels_final.csv", lambda fh: fh.write(text.encode())))
+    return written
+
+
 def default_out(experiment: str) -> Path:
     """A user's reports live beside the store, never over the committed results/."""
     from bench.tracking import store_root
@@ -489,6 +663,7 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
     from bench.paired import write_paired
 
     written += write_paired(df, out)  # pairs of groups on shared seeds and evaluation noise
+    written += write_level_report(df, experiment, out, uri)
     if ratio:
         text = ratio_table(df, *ratio)
         written.append(atomic_write(out / f"ratio_{ratio[0]}_{ratio[1]}.md", lambda fh: fh.write(text.encode())))

@@ -83,7 +83,17 @@ def run_params(p: Prepared) -> dict[str, Any]:
         "budget.train_examples": p.cfg.train.steps * p.cfg.train.batch_size,
         **{f"budget.{k}_per_step": v for k, v in passes.items()},
         "eval.sampling_steps": ",".join(map(str, p.cfg.sampling_steps())),
+        **ladder_params(p.method),
     }
+
+
+def ladder_params(method: Method) -> dict[str, str]:
+    """`loss_ladder`: the method's ladder of row groups as JSON (groups, labels, base), so that
+    `bench report` draws the train/loss_<group> metrics in order and named without asking the method."""
+    ladder = method.loss_ladder()
+    if ladder is None:
+        return {}
+    return {"loss_ladder": json.dumps({"groups": list(ladder.groups), "labels": list(ladder.labels), "base": ladder.base})}
 
 
 def deviation_text(cfg: Config) -> str:
@@ -197,12 +207,26 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
         return trainer.model if p.method.eval_weights == "live" else trainer.ema
 
     def evaluate_during(step: int) -> None:
-        for n in cfg.sampling_steps():
-            r = p.evaluator.evaluate(p.method, weights(), n)
+        for r in p.evaluator.evaluate_steps(p.method, weights(), cfg.sampling_steps(), cfg.method.M):
+            n = r.num_sampling_steps
             tracker.log_metrics({f"during/{k}_n{n}": v for k, v in r.metrics.items()}, step)
 
+    ladder = p.method.loss_ladder()
+    watch = None
+    if main and ladder is not None and cfg.train.divergence_points > 0:
+        from bench.levels import DivergenceWatch
+
+        watch = DivergenceWatch(ladder, cfg.train.divergence_points)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        tracker.log_metrics(metrics, step)
+        if watch is not None:
+            for group in watch.update(metrics, step):
+                echo(watch.message(group, step))
+                tracker.set_tag("train.diverging_levels", watch.tag())
+
     trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path if main else None,
-                      log=tracker.log_metrics if main else None, evaluate=evaluate_during if main else None,
+                      log=log if main else None, evaluate=evaluate_during if main else None,
                       checkpoint_extra=lambda: {"mlflow_run_id": run_id}, progress=progress and main,
                       distributed=distributed)
     if resume_state is not None:
@@ -210,8 +234,14 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
         if main:
             echo(f"resuming run {run_id} at step {trainer.step}/{cfg.train.steps} from {ckpt_path}")
     trainer.fit()
+    by_t = trainer.loss_by_t() if ladder is not None else {}  # data parallel: a collective, every rank takes part
     if not main:
         return {}
+    if ladder is not None:
+        from bench.levels import log_level_maps
+        from bench.trainer import LOSS_BY_T_SHARE
+
+        log_level_maps(tracker, run_id, ladder, by_t, f"{cfg.method_name} on {cfg.data.spec}, seed {cfg.seed}", LOSS_BY_T_SHARE)
     final = ckpt_path.parent / "final.pt"
     ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
                "method": p.method.state_dict(), "step": trainer.step,
@@ -303,15 +333,19 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
     steps = p.cfg.sampling_steps()
     echo(p.evaluator.estimate(p.method, ema, steps).text())
     with tempfile.TemporaryDirectory() as tmp:
-        for n in tqdm(steps, desc="evaluate", unit="n", disable=not progress):
-            r: EvalResult = p.evaluator.evaluate(p.method, ema, n)
-            tracker.log_metrics(r.metrics, step=n)
+        # n = M first, then M/2, ..., 1: every n's paired_to_M (paired_to_2n) compares its samples with the
+        # M-step (2n-step) ones from the same noise
+        for r in tqdm(p.evaluator.evaluate_steps(p.method, ema, steps, p.cfg.method.M), total=len(steps),
+                      desc="evaluate", unit="n", disable=not progress):
+            n = r.num_sampling_steps
             results[n] = r.metrics
             r.samples = r.samples[: p.cfg.eval.save_samples]
             r.labels = r.labels[: p.cfg.eval.save_samples] if r.labels is not None else None
             tracker.log_artifact(save_samples(r, Path(tmp) / f"steps_{n}.npz"), "samples")
             kind = "grids" if p.data.kind == "images" else "scatter"
             tracker.log_artifact(save_picture(r, p.data, Path(tmp) / f"steps_{n}.png", ref), kind)
+    for n in sorted(results):  # into the store in the order of n (MLflow's history keeps the order of logging)
+        tracker.log_metrics(results[n], step=n)
     tracker.log_fid_curve(results, f"{p.cfg.method_name} on {p.cfg.data.spec}, seed {p.cfg.seed}, "
                                    f"{p.cfg.eval.num_samples} samples per n")
     floor = p.evaluator.fid_floor()
@@ -321,12 +355,12 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
              f"{'images' if p.data.kind == 'images' else 'rows'}: {floor['fid_floor_fresh']:.3g} for new data from their distribution "
              f"(sd of one such run {floor['fid_floor_fresh_sd']:.2g}; s.e. of this mean {floor['fid_floor_fresh_se']:.1g}), "
              f"{floor['fid_floor_copy']:.3g} for copies of them (metrics fid_floor_*)")
-    return results
+    return dict(sorted(results.items()))
 
 
 def format_table(results: dict[int, dict[str, float]]) -> str:
     """Metrics against sampling steps as a fixed-width text table."""
-    keys = [k for k in ("fid", "kid", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe")
+    keys = [k for k in ("fid", "kid", "precision", "recall", "sw", "modes_hit", "mode_share", "paired_to_M", "nfe")
             if any(k in m for m in results.values())]
     head = f"{'steps':>6} " + " ".join(f"{k:>10}" for k in keys)
     lines = [head, "-" * len(head)]

@@ -132,21 +132,20 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
 
 class Tracker:
     """One MLflow run. `resume_run_id` continues an existing run: points at steps already
-    logged for a metric are skipped, so a resumed run has no duplicate points."""
+    logged for a metric are skipped, so a resumed run has no duplicate points (any order of steps:
+    the evaluation logs n = M first)."""
 
     def __init__(self, experiment: str, run_name: str = "", tags: dict[str, str] | None = None,
                  parent_run_id: str | None = None, resume_run_id: str | None = None, uri: str | None = None):
         self.uri = uri or tracking_uri()
         self.client = client(self.uri)
         self.experiment_id = ensure_experiment(experiment, self.uri)
-        self._last_step: dict[str, int] = {}
+        self._logged: dict[str, set[int]] = {}  # metric -> the steps it has in the store
         if resume_run_id:
             run = self.client.get_run(resume_run_id)
             self.run_id = resume_run_id
             for key in run.data.metrics:
-                hist = self.client.get_metric_history(resume_run_id, key)
-                if hist:
-                    self._last_step[key] = max(m.step for m in hist)
+                self._logged[key] = {int(m.step) for m in self.client.get_metric_history(resume_run_id, key)}
             self.client.update_run(resume_run_id, status="RUNNING")
         else:
             tags = dict(tags or {})
@@ -170,10 +169,11 @@ class Tracker:
         now = int(time.time() * 1000)
         items = []
         for k, v in values.items():
-            if step <= self._last_step.get(k, -1):
-                continue  # already in the store from before a resume
+            seen = self._logged.setdefault(k, set())
+            if int(step) in seen:
+                continue  # already in the store (from before a resume)
             items.append(Metric(k, float(v), now, int(step)))
-            self._last_step[k] = step
+            seen.add(int(step))
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
@@ -194,6 +194,9 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             for path in plot_run_curve(fid, Path(tmp) / "fid_vs_steps.png", title):
                 self.log_artifact(path, "plots")
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)

@@ -68,6 +68,12 @@ def lr_at(step: int, tc: TrainConfig, span: tuple[int, int] | None = None) -> fl
     return tc.lr
 
 
+# the training loss per t of every row group (Trainer.loss_by_t): bins of the path time over the
+# rows of the last LOSS_BY_T_SHARE of the steps (the end of training, where the pictures look)
+LOSS_BY_T_BINS = 32
+LOSS_BY_T_SHARE = 0.2
+
+
 def _gen_state(g: torch.Generator) -> Tensor:
     return g.get_state()
 
@@ -135,6 +141,7 @@ class Trainer:
         self.checkpoint_extra = checkpoint_extra or dict
         self.progress = progress
         self.null_class = data.num_classes
+        self.loss_by_t_from = tc.steps - int(round(tc.steps * LOSS_BY_T_SHARE))  # first step binned by t
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if tc.precision == "bf16" else contextlib.nullcontext()
         )
@@ -186,14 +193,38 @@ class Trainer:
         self.opt.step()
         self._update_ema()
         self.method.on_step_end(self.step, self.model, self.ema)
-        parts = {
-            "loss_" + k.split("/", 1)[1]: (per_row.detach() * m).sum() / m.sum().clamp(min=1)
-            for k, m in tg.info.items()
-            if k.startswith("row_group/")
-        }
+        groups = {k.split("/", 1)[1]: m for k, m in tg.info.items() if k.startswith("row_group/")}
+        # a group without rows in this step is nan (0 / 0): the log interval's mean skips it
+        parts = {"loss_" + k: (per_row.detach() * m).sum() / m.sum() for k, m in groups.items()}
+        if groups and self.step >= self.loss_by_t_from:
+            self._bin_by_t(per_row.detach(), tg.t if tg.time is None else tg.time, groups)
         parts.update({k: v.detach().float() for k, v in tg.info.items() if not k.startswith("row_group/")})
         parts.update({f"loss_{k}": v.detach().float() for k, v in extra.items()})
         return loss.detach(), parts
+
+    def _bin_by_t(self, per_row: Tensor, time: Tensor, groups: dict[str, Tensor]) -> None:
+        """Adds this step's per-row losses to the (group, t bin) sums and row counts (Trainer.loss_by_t)."""
+        bins = (time.detach().float() * LOSS_BY_T_BINS).floor().clamp(0, LOSS_BY_T_BINS - 1).long()
+        onehot = torch.nn.functional.one_hot(bins, LOSS_BY_T_BINS).float()  # (B, T)
+        masks = torch.stack(list(groups.values())).float()  # (G, B)
+        sums, counts = masks @ (onehot * per_row.float()[:, None]), masks @ onehot
+        for name, s_, c_ in zip(groups, sums, counts):
+            old = self._by_t.get(name)
+            self._by_t[name] = (s_, c_) if old is None else (old[0] + s_, old[1] + c_)
+
+    def loss_by_t(self) -> dict[str, tuple[list[float], list[int]]]:
+        """Per row group: (summed loss, rows) in each of LOSS_BY_T_BINS bins of the path time t over the
+        rows of the last LOSS_BY_T_SHARE of training (the training loss per t at each level, as the
+        authors' "Training Loss per T"); data parallel: over every rank's rows (a collective)."""
+        out = {}
+        for name in sorted(self._by_t):
+            s_, c_ = self._by_t[name]
+            if self.world_size > 1:
+                both = torch.stack([s_, c_])
+                dist.all_reduce(both)
+                s_, c_ = both
+            out[name] = (s_.tolist(), [int(round(v)) for v in c_.tolist()])
+        return out
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -206,13 +237,18 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------
     def _reset_accumulators(self) -> None:
         self._acc: dict[str, Tensor] = {}
+        self._acc_cnt: dict[str, Tensor] = {}  # per key: the steps where it was finite (a group with rows)
         self._acc_n = 0
+        self._by_t: dict[str, tuple[Tensor, Tensor]] = {}
         self._bad_step = torch.tensor(-1, device=self.device)
         self._bad_loss = torch.tensor(0.0, device=self.device)
 
     def _accumulate(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
-        for k, v in {"loss": loss, **parts}.items():
-            self._acc[k] = self._acc.get(k, torch.zeros((), device=self.device)) + v
+        for k, v in parts.items():
+            ok = torch.isfinite(v)
+            self._acc[k] = self._acc.get(k, torch.zeros((), device=self.device)) + torch.where(ok, v, 0.0)
+            self._acc_cnt[k] = self._acc_cnt.get(k, torch.zeros((), device=self.device)) + ok
+        self._acc["loss"] = self._acc.get("loss", torch.zeros((), device=self.device)) + loss
         self._acc_n += 1
         first_bad = (self._bad_step < 0) & ~torch.isfinite(loss)
         # torch.full, not torch.tensor: a tensor from host data is a blocking copy to the GPU
@@ -223,27 +259,33 @@ class Trainer:
         """Host sync point: non-finite check, then the interval's mean losses to the logger."""
         if not self._acc_n:
             return
-        mean_values = torch.stack([v / self._acc_n for v in self._acc.values()])
+        # each part over the steps where it had rows (nan where it had none in the whole interval)
+        sums = torch.stack(list(self._acc.values()))
+        counts = torch.stack([self._acc_cnt[k].float() if k in self._acc_cnt else torch.full((), float(self._acc_n), device=self.device)
+                              for k in self._acc])
         bad_step, bad_loss = self._bad_step, self._bad_loss
         if self.world_size > 1:  # every rank logs and checks the same numbers: means over ranks, first bad step
-            dist.all_reduce(mean_values)
-            mean_values /= self.world_size
+            both = torch.stack([sums, counts])
+            dist.all_reduce(both)
+            sums, counts = both
             never = torch.iinfo(torch.long).max
             first = torch.where(bad_step < 0, never, bad_step)
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
             bad_loss = torch.where(first == bad_step, bad_loss, torch.nan)  # nan: the value is on another rank
             bad_step = torch.where(first == never, -1, first)
-        means = dict(zip(self._acc, mean_values.tolist()))
+        mean_values = sums / counts
+        every = dict(zip(self._acc, mean_values.tolist()))
+        means = {k: v for k, v in every.items() if math.isfinite(v) or k == "loss"}  # a group without rows: no point
         bad = int(bad_step.item())
         if bad >= 0:
-            parts = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in every.items())
             raise NonFiniteLoss(
                 f"Training loss became non-finite ({bad_loss.item()}) at step {bad}; "
                 f"mean loss parts over steps {self.step - self._acc_n + 1}-{self.step}: {parts}. "
                 f"The last good checkpoint is kept."
             )
         self.log({f"train/{k}": v for k, v in means.items()}, self.step)
-        self._acc, self._acc_n = {}, 0
+        self._acc, self._acc_cnt, self._acc_n = {}, {}, 0
         self._last_means = means
 
     def run_steps(self, k: int) -> None:
@@ -255,7 +297,8 @@ class Trainer:
 
     def discard_losses(self) -> None:
         """Forget the losses accumulated since the last log (steps that were only timed)."""
-        self._acc, self._acc_n = {}, 0
+        self._acc, self._acc_cnt, self._acc_n = {}, {}, 0
+        self._by_t = {}
 
     def fit(self) -> dict[str, float]:
         """Train from self.step to train.steps; checkpoints every train.checkpoint_every and at the end."""
@@ -307,6 +350,7 @@ class Trainer:
             "data_gen": _gen_state(self.data_gen),
             "method": self.method.state_dict(),
             "config": self.cfg.to_dict(),
+            "loss_by_t": {k: [s_, c_] for k, (s_, c_) in self._by_t.items()},
             **({"rank_rng": rank_rng} if rank_rng else {}),
             **self.checkpoint_extra(),
         }
@@ -327,3 +371,5 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.step = int(state["step"])
         self._reset_accumulators()
+        if self.rank == 0:  # rank 0 saved its own rows' bins; the other ranks' since the checkpoint add to them
+            self._by_t = {k: (v[0].to(self.device), v[1].to(self.device)) for k, v in state.get("loss_by_t", {}).items()}

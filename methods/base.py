@@ -40,8 +40,12 @@ class Targets:
     """What the trainer regresses: model(x_t, t, d, y) ~ target (MSE, each row times its weight).
 
     x_t: (B, *shape); t, d: (B,) float; y: (B,) long; target: (B, *shape).
-    info: scalar diagnostics (loss split, magnitudes), detached.
+    info: scalar diagnostics (loss split, magnitudes), detached; a (B,) bool mask under
+      `row_group/NAME` makes the trainer log the mean loss of those rows as `train/loss_NAME`
+      (groups may overlap; Method.loss_ladder orders some of them for the level pictures).
     weight: (B,) loss weight per row, None = 1 (the plain mean).
+    time: (B,) each row's time on the path in [0, 1] where the network's t input is scaled
+      (MeanFlow feeds 0.01 t); None = t. The trainer bins the loss by it (Trainer.loss_by_t).
     """
 
     x_t: Tensor
@@ -51,6 +55,21 @@ class Targets:
     target: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)
     weight: Tensor | None = None
+    time: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LossLadder:
+    """Row groups of a method's targets (Targets.info `row_group/NAME`) that form a ladder: levels
+    each trained from the one below it (the shortcut's d = 1, 1/2, ..., 2/M from the flow rows).
+    groups: the names, top level first; labels: how a picture names each; base: the group the
+    others bootstrap from (the flow rows). The harness draws them as heat maps and warns when a
+    group's loss keeps rising while the base's falls; it never reads the names."""
+
+    groups: tuple[str, ...]
+    labels: tuple[str, ...]
+    base: str
+    title: str = ""
 
 
 @dataclass
@@ -165,6 +184,10 @@ class Method:
         """Auxiliary losses on the regressed prediction pred = model(tg.x_t, tg.t, tg.d, tg.y)
         (B, *shape), with gradients: name -> scalar, each added to the MSE. {} = none (the default)."""
         return {}
+
+    def loss_ladder(self) -> LossLadder | None:
+        """The row groups the level pictures and the divergence warning watch (None: none)."""
+        return None
 
     def run_params(self, batch_size: int) -> dict[str, Any]:
         """Params a run records beside its resolved config: derived values (the shortcut's level shares at

@@ -22,13 +22,14 @@ Sampling: Euler with d = 1/n; CFG at scale w (when w != 1) at every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.errors import BenchError
-from methods.base import Batch, Method, MethodOptions, Targets, bshape, check_fraction, full, interpolate, velocity
+from methods.base import Batch, LossLadder, Method, MethodOptions, Targets, bshape, check_fraction, full, interpolate, velocity
 
 
 @dataclass
@@ -121,8 +122,31 @@ class MeanFlow(Method):
                 target = u + bshape(w, u) * err
         groups = torch.zeros(B, dtype=torch.bool, device=dev)
         groups[:nb] = True
-        return Targets(x_t=x_t, t=ts, d=ds, y=y, target=target,
-                       info={"row_group/mean": groups, "row_group/flow": ~groups, **info})
+        info = {"row_group/mean": groups, "row_group/flow": ~groups, **info}
+        # the mean rows by interval length, as the sampler's step sizes: level j holds 2^-(j+1) < d <= 2^-j
+        # (the last level everything shorter)
+        L = self.num_levels
+        if nb and L:
+            j = torch.floor(-torch.log2(d[:nb].clamp(min=1e-12))).clamp(0, L - 1).long()
+            rows_j = torch.cat([j, torch.full((B - nb,), -1, dtype=j.dtype, device=dev)])
+            for level in range(L):
+                info[f"row_group/mean_level_{level}"] = rows_j == level
+        return Targets(x_t=x_t, t=ts, d=ds, y=y, target=target, info=info, time=t)
+
+    @property
+    def num_levels(self) -> int:
+        return max(int(self.opts.M).bit_length() - 1, 0)
+
+    def loss_ladder(self) -> LossLadder | None:
+        """mean_level_j: the rows with interval 2^-(j+1) < d <= 2^-j (the n = 2^j sampler's step), over
+        the d = 0 (instantaneous velocity) rows."""
+        L = self.num_levels
+        if L == 0:
+            return None
+        labels = tuple(f"d in ({Fraction(1, 2**(j + 1))}, {Fraction(1, 2**j)}]" for j in range(L - 1))
+        labels += (f"d <= {Fraction(1, 2**(L - 1))}", "flow (d = 0)")
+        return LossLadder(tuple(f"mean_level_{j}" for j in range(L)) + ("flow",), labels, "flow",
+                          "MeanFlow loss per interval length d and the d = 0 loss")
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         # the JVP costs about a primal plus a tangent pass over the d > 0 rows; the adaptive weight needs

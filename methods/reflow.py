@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
-from methods.base import (Batch, Method, MethodOptions, Targets, TeacherOptions, check_fraction, euler, full, grid_times,
+from methods.base import (Batch, LossLadder, Method, MethodOptions, Targets, TeacherOptions, check_fraction, euler, full, grid_times,
                           interpolate, velocity)
 
 PAIR_CHUNK = 4096  # rows per teacher call while generating pairs
@@ -191,6 +191,10 @@ class LiveReflow(Method):
             target=torch.cat([x1_hat - x0[:nb], x1[nb:] - x0[nb:]]),
             info={"row_group/reflow": groups, "row_group/flow": ~groups},
         )
+
+    def loss_ladder(self) -> LossLadder:
+        """The d = 1 rows on the model's own roll-outs over the flow rows they are rolled out with."""
+        return LossLadder(("reflow", "flow"), ("reflow (d = 1)", "flow (d = 0)"), "flow", "reflow loss at d = 1 and the flow loss")
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         rows_per_query = 2 if self.opts.cfg_scale != 1.0 else 1  # `velocity` guides on 2 rows per row

@@ -21,7 +21,7 @@ from fractions import Fraction
 import torch
 
 from bench.errors import BenchError
-from methods.base import Batch, Method, MethodOptions, Targets, bshape, check_fraction, full, grid_times, interpolate, velocity
+from methods.base import Batch, LossLadder, Method, MethodOptions, Targets, bshape, check_fraction, full, grid_times, interpolate, velocity
 
 
 # the knobs each recipe sets; a knob left at RECIPE_DEFAULT (k: nan, which no config value parses to) takes the recipe's
@@ -198,15 +198,29 @@ class Shortcut(Method):
 
         groups = torch.zeros(B, dtype=torch.bool, device=dev)
         groups[:nb] = True
+        info = {"row_group/bootstrap": groups, "row_group/flow": ~groups}
+        rows_j = torch.cat([j, torch.full((B - nb,), -1, dtype=j.dtype, device=dev)])
+        for level in range(self.num_levels if nb else 0):  # self-consistency rows at d_big = 2^-level
+            info[f"row_group/sc_level_{level}"] = rows_j == level
         return Targets(
             x_t=torch.cat([x_b, x_f]),
             t=torch.cat([t_b, t_f]),
             d=torch.cat([d_big, d_f]),
             y=torch.cat([y_b, y[nb:]]),
             target=torch.cat([v_b, v_f]),
-            info={"row_group/bootstrap": groups, "row_group/flow": ~groups},
+            info=info,
             weight=None if self.opts.bootstrap_weight == 1.0 else torch.where(groups, self.opts.bootstrap_weight, 1.0).to(x1.dtype),
         )
+
+    def loss_ladder(self) -> LossLadder | None:
+        """sc_level_j: the self-consistency rows at d = 2^-j (j = 0: the 1-step level), over the flow rows
+        (the smallest step 1/M), which every level bootstraps from."""
+        L = self.num_levels
+        if L == 0:
+            return None
+        labels = tuple(f"d = {Fraction(1, 2**j)}" for j in range(L)) + (f"flow (d = 1/{self.opts.M})",)
+        return LossLadder(tuple(f"sc_level_{j}" for j in range(L)) + ("flow",), labels, "flow",
+                          "self-consistency loss per level d and the flow loss")
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         nb = self.num_bootstrap_rows(batch_size)

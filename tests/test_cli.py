@@ -131,7 +131,9 @@ def test_run_then_report_end_to_end(isolated_store, tmp_path):
     log2 = c.get_metric_history(run.info.run_id, "fid_by_log2_steps")
     fid = c.get_metric_history(run.info.run_id, "fid")
     assert [m.step for m in log2] == [0, 1, 2, 3] and [m.value for m in log2] == [m.value for m in fid]
-    assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} == {"plots/fid_vs_steps.png", "plots/fid_vs_steps.svg"}
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} == {"plots/fid_vs_steps.png", "plots/fid_vs_steps.svg",
+                                                                            "plots/loss_levels.png", "plots/loss_levels.svg"}
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "paired_to_M")] == [1, 2, 4, 8]
     r = bench("report", "--experiment", "e2e")  # default: beside the store, not into the working tree
     assert r.returncode == 0, r.stderr
     assert (isolated_store / "reports" / "e2e" / "table.md").is_file() and not (tmp_path / "results").exists()
