@@ -34,6 +34,14 @@ TEACHER = "teacher_sha256"  # a distilled run's teacher weights' hash; "" for a 
 COMPACT_AT = (1, 2, 4)  # and M: the compact table's columns
 
 
+def sort_key(v):
+    """Numbers first, in numeric order, then the rest as text (group labels, swept values)."""
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
 def t_interval(values) -> tuple[float, float, int]:
     """(mean, half-width of the 95 % Student-t interval with n - 1 dof, n); half nan for n < 2."""
     from scipy import stats
@@ -95,9 +103,7 @@ def paired_table(df: pd.DataFrame, metric: str = "fid") -> tuple[pd.DataFrame, p
     keys = [k for k in EVAL_NOISE if k in runs.columns and runs[k].map(_known).any()]
     keys += [TEACHER] if TEACHER in runs.columns else []
     unchecked = [EVAL_NOISE[k] for k in EVAL_NOISE if k not in keys] + ([] if TEACHER in keys else ["teachers"])
-    from bench.report import _sort_key
-
-    groups = sorted(values["group"].unique(), key=_sort_key)
+    groups = sorted(values["group"].unique(), key=sort_key)
     rows, skipped = [], []
     for a, b in combinations(groups, 2):
         ra, rb = runs[runs["group"] == a], runs[runs["group"] == b]
@@ -153,9 +159,7 @@ def _cell(r) -> str:
 
 def short_names(groups) -> dict[str, str]:
     """A group label -> its method, numbered where a method has several groups ("shortcut [2]")."""
-    from bench.report import _sort_key
-
-    groups = sorted(set(groups), key=_sort_key)
+    groups = sorted(set(groups), key=sort_key)
     method = {g: str(g).split(",")[0].strip() for g in groups}
     out = {}
     for g in groups:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.plots import axis, pyplot, save
+from bench.paired import sort_key as _sort_key, write_paired  # paired needs no report: imports stay one way
 from methods.base import step_cost
 
 EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe",
@@ -308,13 +309,6 @@ def hue_column(df: pd.DataFrame) -> str:
     swept = {k for s in df["swept"].unique() for k in s.split(",") if k}
     numeric = all(isinstance(_numeric(v), float) for v in df[keys[0]].unique())
     return keys[0] if keys[0] in swept or numeric else "group"  # FID against a dataset name is no curve
-
-
-def _sort_key(v):
-    try:
-        return (0, float(v), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(v))
 
 
 def fid_table(df: pd.DataFrame) -> str:
@@ -660,8 +654,6 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
         written += plot_fid_vs_swept(df, out / "fid_vs_swept.png", experiment)
         table = swept_table(df).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(table.encode())))
-    from bench.paired import write_paired
-
     written += write_paired(df, out)  # pairs of groups on shared seeds and evaluation noise
     written += write_level_report(df, experiment, out, uri)
     if ratio:

@@ -32,7 +32,9 @@ def test_methods_get_the_eager_modules_behind_compiled_views(monkeypatch):
             return self.inner(*args)
 
     monkeypatch.setattr(torch, "compile", lambda module, **kw: View(module))
-    cfg = resolve("consistency_training", "smoke", ["train.compile=true", "train.batch_size=32", "model.hidden=16"])
+    # schedule = fine: the variant with a target network of its own, the one that copies the network
+    cfg = resolve("consistency_training", "smoke", ["train.compile=true", "train.batch_size=32", "model.hidden=16",
+                                                    "schedule=fine"])
     data = load_dataset(cfg.data)
     method = get_method(cfg.method_name)(cfg.method, data.num_classes)
     tr = Trainer(cfg, method, build_model(cfg.model, data.shape, data.num_classes), data, torch.device("cpu"), progress=False)
