@@ -109,7 +109,8 @@ def plot_level_maps(ladder: LossLadder, history: dict[str, list[tuple[int, float
             return np.where(counts > 0, sums / counts, np.nan)
 
     fig, axes = plt.subplots(2, 2, figsize=(12.5, 0.42 * len(levels) + 3.4), dpi=120, sharex="col",
-                             gridspec_kw={"height_ratios": [max(len(levels), 1), 1.6], "width_ratios": [1.5, 1.0]})
+                             gridspec_kw={"height_ratios": [max(len(levels), 1), 1.6], "width_ratios": [1.5, 1.0],
+                                          "wspace": 0.4})
     first, last = (steps[0], steps[-1]) if steps else (0, 1)
     panels = (
         (0, np.array([over_steps(g) for g in levels]), over_steps(ladder.base), np.array(steps, float), (first, last),
