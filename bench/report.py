@@ -31,7 +31,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.plots import axis, pyplot, save
-from bench.paired import sort_key as _sort_key, write_paired  # paired needs no report: imports stay one way
+from bench.paired import sort_key as _sort_key, t_interval as mean_ci, write_paired  # paired needs no report: one way
 from methods.base import step_cost
 
 EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "sw", "modes_hit", "mode_share", "nfe",
@@ -169,19 +169,6 @@ def label_groups(df: pd.DataFrame) -> pd.DataFrame:
 
 def group_title(df: pd.DataFrame) -> str:
     return ", ".join(df.attrs.get("group_keys") or ["method"])
-
-
-def mean_ci(values) -> tuple[float, float, int]:
-    """(mean, half-width of the 95 % Student-t interval, n); the half-width is nan for n = 1."""
-    from scipy import stats
-
-    v = pd.Series(values, dtype=float).dropna()
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(v.iloc[0]), math.nan, 1
-    return float(v.mean()), float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)), n
 
 
 def format_ci(mean: float, half: float) -> str:
