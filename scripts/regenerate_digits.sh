@@ -21,6 +21,11 @@
 #                        since the distilling methods need that seed's flow-matching teacher)
 #   --from LABEL:SEED    skip the runs before this one (the flow-matching teachers are looked up in the store)
 #   --allow-dirty        run from a working tree with uncommitted changes (the rows then name no one commit)
+#   --only "LABEL..."    run only these configs (e.g. two streams side by side on 2 cores, one thread each:
+#                        --only "flow_matching progressive cfd rdd consistency_distillation reflow" in one,
+#                        the other labels in the other; the distilling labels need flow_matching in theirs
+#                        or its finished runs already in the store)
+#   --threads N          torch threads per run (train.threads; default: the profile's)
 # Environment: PYTHON (default python), BENCH (default "$PYTHON -m bench.cli"), BENCH_STORE, and what
 # bench itself reads.
 set -euo pipefail
@@ -28,16 +33,16 @@ set -euo pipefail
 usage() { echo "error: $1 (see the header of $0)" >&2; exit 2; }
 
 DRY=0; EXPERIMENT="digits-regen"; OUT="results/digits"; SEEDS_MAIN="0 1 2 3 4"; SEEDS_REST="0 1 2"
-FROM=""; ALLOW_DIRTY=0
+FROM=""; ALLOW_DIRTY=0; ONLY=""; THREADS=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;
     --allow-dirty) ALLOW_DIRTY=1; shift ;;
-    --experiment|--out|--seeds-main|--seeds-rest|--from)
+    --experiment|--out|--seeds-main|--seeds-rest|--from|--only|--threads)
       [[ $# -ge 2 && -n "$2" ]] || usage "$1 needs a value"
       case "$1" in
         --experiment) EXPERIMENT="$2" ;; --out) OUT="$2" ;; --seeds-main) SEEDS_MAIN="$2" ;;
-        --seeds-rest) SEEDS_REST="$2" ;; --from) FROM="$2" ;;
+        --seeds-rest) SEEDS_REST="$2" ;; --from) FROM="$2" ;; --only) ONLY="$2" ;; --threads) THREADS="$2" ;;
       esac
       shift 2 ;;
     *) usage "unknown argument '$1'" ;;
@@ -65,6 +70,12 @@ CONFIGS=(
   "consistency_distillation|consistency_distillation|rest|yes|"
   "reflow|reflow|rest|yes|"
 )
+[[ -z "$THREADS" || "$THREADS" =~ ^[1-9][0-9]*$ ]] || usage "--threads takes a positive integer, got '$THREADS'"
+for o in $ONLY; do
+  known=0
+  for c in "${CONFIGS[@]}"; do [[ "$o" == "${c%%|*}" ]] && known=1; done
+  [[ $known == 1 ]] || usage "--only: unknown label '$o' (flow_matching, shortcut, meanflow, ..., reflow)"
+done
 if [[ -n "$FROM" ]]; then
   known=0
   for c in "${CONFIGS[@]}"; do [[ "${FROM%%:*}" == "${c%%|*}" ]] && known=1; done
@@ -95,6 +106,7 @@ EOF
 
 for c in "${CONFIGS[@]}"; do
   IFS='|' read -r label method which needs sets <<<"$c"
+  [[ -z "$ONLY" || " $ONLY " == *" $label "* ]] || continue
   seeds=$([[ $which == main ]] && echo "$SEEDS_MAIN" || echo "$SEEDS_REST")
   for s in $seeds; do
     if [[ $skipping == 1 ]]; then
@@ -103,6 +115,7 @@ for c in "${CONFIGS[@]}"; do
     args=(run -m "$method" -p digits --seed "$s" -e "$EXPERIMENT" -q)
     # shellcheck disable=SC2206
     [[ -n "$sets" ]] && args+=($sets)
+    [[ -n "$THREADS" ]] && args+=(--set "train.threads=$THREADS")
     if [[ $needs == yes ]]; then
       t="${TEACHER[$s]:-}"
       if [[ -z "$t" && $DRY == 0 ]]; then t="$(teacher_of "$s")"; TEACHER[$s]="$t"; fi
