@@ -41,7 +41,7 @@ def run(
 ):
     """Train one method, evaluate it at n = 1, 2, 4, ..., M sampling steps, and track everything in MLflow."""
     if sweep:
-        from bench.tune import sweep_command
+        from bench.sweep.tune import sweep_command
 
         return sweep_command(method, profile, set_, sweep, data_spec=data, seed=seed, experiment=experiment,
                              config_path=config, resume=resume, address=address, quiet=quiet)
@@ -50,8 +50,8 @@ def run(
     from bench.config import resolve
 
     cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
-    from bench.run import deviation_text, execute
-    from bench.session import find_unfinished_run
+    from bench.train.run import deviation_text, execute
+    from bench.store.session import find_unfinished_run
 
     deviations = deviation_text(cfg)
     if deviations:
@@ -73,8 +73,8 @@ def _progress(quiet: bool) -> bool:
 
 def _announce(experiment: str):
     """on_run for execute: where the run's results go, printed as soon as its MLflow run exists."""
-    from bench.run import checkpoint_dir
-    from bench.tracking import tracking_uri
+    from bench.train.run import checkpoint_dir
+    from bench.store.tracking import tracking_uri
 
     def on_run(run_id: str) -> None:
         typer.echo(f"run {run_id} in experiment {experiment!r} at {tracking_uri()}; "
@@ -89,8 +89,8 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Continue an interrupted run from its last checkpoint, in the same MLflow run."""
-    from bench.run import execute
-    from bench.session import config_of_run
+    from bench.train.run import execute
+    from bench.store.session import config_of_run
 
     cfg, experiment = config_of_run(run_id)
     _print_outcome(cfg, execute(cfg, experiment, resume_run_id=run_id, progress=_progress(quiet),
@@ -98,7 +98,7 @@ def resume(
 
 
 def _print_outcome(cfg, out) -> None:
-    from bench.run import format_table
+    from bench.train.run import format_table
 
     typer.echo(f"\n{cfg.method_name} on {cfg.data.spec} (profile {cfg.profile}, seed {cfg.seed}, "
                f"{cfg.eval.num_samples} samples per n)")
@@ -126,7 +126,7 @@ def report(
     if from_csv is not None:
         if experiment or ratio:
             raise BenchError("--from-csv reads one metrics.csv: it takes no --experiment or --ratio.")
-        from bench.paired import from_csv as paired_from_csv
+        from bench.report.paired import from_csv as paired_from_csv
 
         for path in paired_from_csv(from_csv, out or from_csv.parent):
             typer.echo(f"wrote {path}")
@@ -169,7 +169,7 @@ def digits_classifier(
     epochs: int = typer.Option(40, "--epochs"),
 ):
     """Retrain the digits feature extractor reproducibly and print its held-out accuracy."""
-    from bench.digits_classifier import train_classifier
+    from bench.classifiers.digits import train_classifier
 
     _retrain_digits_net(train_classifier, seed, epochs, out)
 
@@ -182,7 +182,7 @@ def digits_probe(
 ):
     """Retrain the second digits classifier (CFD and RDD distil through it; not the FID network): on the 360
     digits the FID classifier held out, its accuracy on the 1,437 the FID classifier trained on."""
-    from bench.digits_probe import train_probe
+    from bench.classifiers.probe import train_probe
 
     _retrain_digits_net(train_probe, seed, epochs, out)
 
@@ -213,8 +213,8 @@ def prepare_latents(
     """Encode images once with a Stable Diffusion VAE into a memory-mapped latents folder."""
     import time
 
-    from bench.latents import read_metadata
-    from bench.prepare_latents import prepare_latents as prepare
+    from bench.data.latents import read_metadata
+    from bench.data.prepare_latents import prepare_latents as prepare
 
     t0 = time.perf_counter()
     path = prepare(data, vae, out, resolution=resolution, batch_size=batch_size, device=device, workers=workers,

@@ -1,8 +1,10 @@
 """bench.toml + --set overrides -> one resolved, validated `Config`.
 
-bench.toml has `[defaults.<section>]` and `[profiles.<name>.<section>]` tables. Sections:
-`data`, `model`, `train`, `eval` (dataclasses below) and `method` (the options every method
-has: `M`, `cfg_scale`). Keys that only one method has live under
+The defaults are the fields of the dataclasses below (sections `data`, `model`, `train`, `eval`)
+and of each method's Options (section `method`; the options every method has, `M` and `cfg_scale`,
+in methods/base.py), each commented with its source. bench.toml's `[profiles.<name>.<section>]`
+tables override them; `[defaults.<section>]` (same layout, every profile) is only for a deliberate
+change of a default, and tests/test_defaults.py fails on a key there that repeats its field's value. Keys that only one method has live under
 `[profiles.<name>.methods.<method>]` (e.g. the shortcut's `k`), so a profile can carry them
 without breaking the other methods. On the command line `--set section.key=value`, or just
 `--set key=value` when the key names exactly one field.
@@ -51,8 +53,11 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 6000  # optimiser steps
     batch_size: int = 256  # rows per step, all methods alike
+    # the shortcut paper's optimiser: AdamW, constant lr, betas (0.9, 0.999), weight decay 0.1, EMA 0.999
     lr: float = 1e-4  # AdamW peak learning rate
-    lr_schedule: str = "constant"  # "constant" (the paper's) or "cosine": half a cosine from lr to 0 over train.steps
+    # "constant" (the paper's) or "cosine": half a cosine from lr to 0 over train.steps (progressive
+    # distillation: per stage, as CFD's code); lr_warmup steps come first
+    lr_schedule: str = "constant"
     lr_warmup: int = 0  # steps of linear warm-up from 0 to lr before the schedule
     beta1: float = 0.9
     beta2: float = 0.999
@@ -63,7 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 2000  # steps between atomic checkpoints (one more at the end)
     log_every: int = 50  # steps between train/loss points (and the non-finite check)
     # warn (one line, run tag train.diverging_levels) when a level of the method's loss ladder rose at each
-    # of this many consecutive log points while its base (flow) loss fell; 0 = off (bench/levels.py)
+    # of this many consecutive log points while its base (flow) loss fell; 0 = off (bench/evaluation/levels.py)
     divergence_points: int = 5
     eval_every: int = 0  # steps between evaluations during training (0: only at the end)
     precision: str = "fp32"  # "fp32" or "bf16" (autocast, CUDA only)
@@ -90,6 +95,8 @@ class EvalConfig:
     compile: bool = False  # torch.compile the sampler's model calls once for a fixed batch shape (the last batch is padded)
     compile_mode: str = "default"  # as train.compile_mode; "reduce-overhead" (CUDA graphs) pays for small models
 
+
+DEFAULT_SEED = 0  # the run seed where no profile, --seed or --set names one
 
 LR_SCHEDULES = ("constant", "cosine")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -297,7 +304,7 @@ def resolve(
 
     shared_method_keys = set(_field_types(MethodOptions))
     values: dict[str, dict[str, Any]] = {s: {} for s in types}
-    top: dict[str, Any] = {"seed": 0}
+    top: dict[str, Any] = {"seed": DEFAULT_SEED}
 
     def apply_table(table: dict[str, Any], where: str, method_table: bool = False) -> None:
         for section, entries in table.items():
@@ -438,3 +445,14 @@ def validate(cfg: Config) -> None:
         raise BenchError(f"method.cfg_scale must be >= 0, got {cfg.method.cfg_scale}.")
     m.validate()
 
+
+def pick_device(name: str) -> "torch.device":
+    """train.device (auto, cpu, cuda, cuda:1, ...) as a torch device; a clear error where CUDA is missing."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"train.device = {name} but no CUDA device is available; use auto or cpu.")
+    return dev

@@ -76,7 +76,7 @@ class LossLadder:
 class MethodOptions:
     """Options every method has. Subclasses add their own keys (config section `method`)."""
 
-    M: int = 128  # smallest step unit: d in {1, 1/2, ..., 1/M}; a power of two
+    M: int = 128  # smallest step unit: d in {1, 1/2, ..., 1/M}; a power of two (the paper's 128); evaluation at n = 1, 2, 4, ..., M
     cfg_scale: float = 1.0  # classifier-free guidance scale w (1 = none); see each method for when it applies
 
     def validate(self) -> None:
@@ -92,14 +92,15 @@ class MethodOptions:
 class TeacherOptions(MethodOptions):
     """Options of a method that needs a teacher (Method.needs_teacher): where it comes from."""
 
-    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first, as a nested run)
+    teacher: str = ""  # finished flow-matching run id or checkpoint path ("" = train one first with the same profile, as a nested run)
 
 
 class Method:
     """Base class. A method builds training targets and takes one of n sampling steps.
 
     Every method trains ONE network with MSE against `targets(...)`; it never loads files:
-    a teacher, when it needs one, is handed over as a frozen module.
+    a teacher, when it needs one, is handed over as a frozen module, and so is a classifier
+    (classifier_request, setup).
     """
 
     name: ClassVar[str]
@@ -169,10 +170,20 @@ class Method:
         return self._eager_views.get(id(net), net)
 
     # -- optional: data-dependent parts and an auxiliary loss (CFD, RDD) ------------------
-    def setup(self, data, device: torch.device) -> None:
+    def classifier_request(self) -> tuple[str, str] | None:
+        """The frozen image classifier the method distils through, as (choice, weights file): choice "auto"
+        (the one the dataset declares) or a name the harness knows, weights "" for its default file. The
+        harness loads it for the data (bench.classifiers.classifier_for) and hands it to setup(), or says in
+        one sentence why it cannot (points are not images). None (the default): the method uses none."""
+        return None
+
+    def setup(self, data, device: torch.device, classifier: nn.Module | None = None) -> None:
         """Check that the method can train on `data` (a bench.data.Dataset) and build what it owns
-        (a frozen classifier, trainable heads) on `device`; BenchError in one sentence if it cannot.
-        Called once the data are known, before any run is written; a second call changes nothing."""
+        (trainable heads) on `device`; BenchError in one sentence if it cannot. `classifier`: the frozen
+        classifier of classifier_request(), on `device` (images (B, C, H, W) in [-1, 1] -> .logits (B, K),
+        pooled feature .h (B, C'), map .m (B, C', H', W'); .name and .sha256 identify its weights), None
+        when the method requests none. Called once the data are known, before any run is written; a second
+        call changes nothing."""
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules the method owns that the trainer optimises beside the model (e.g. RDD's head);

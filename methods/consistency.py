@@ -86,8 +86,10 @@ class ConsistencyOptions(MethodOptions):
 
 @dataclass
 class ConsistencyTrainingOptions(ConsistencyOptions):
-    # delta curriculum and target network: "authors" (their code: log2(M) phases down to 2/M, the training
-    # EMA as target), "song" (N(k), mu(k)) or "fine" (ours: log2(M) + 1 phases down to 1/M, own EMA target_decay)
+    # delta curriculum and target network: "authors" (their targets_consistency_training.py: delta 1, 1/2, ...,
+    # 2/M in log2(M) equal phases, the training EMA train.ema_decay as target), "song" (N(k) from s0 to s1,
+    # adaptive mu(k) from mu0) or "fine" (ours, logged as a deviation: log2(M) + 1 phases down to 1/M, a
+    # target network of its own with EMA target_decay)
     schedule: str = "authors"
     s0: int = 2  # song: N(0) = s0, the first number of points
     s1: int = 150  # song: N(K) = s1 + 1, the last

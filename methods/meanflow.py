@@ -41,7 +41,7 @@ class MeanFlowOptions(MethodOptions):
     jvp_ema: bool = False  # build the target with the EMA weights (the paper: the live weights, stop-gradient)
     adaptive_p: float = 1.0  # adaptive loss weight w = 1 / (||target - f||^2 + c)^p (the paper: p = 1; 0 = plain MSE)
     adaptive_c: float = 1e-3  # the c of the adaptive weight
-    time_input_scale: float = 0.01  # the network sees (x, s t, d): the backbones embed 1000 t with sinusoids, and frequencies up to 1000 blow up d * df/dt
+    time_input_scale: float = 0.01  # the network sees (x, s t, d): the backbones embed 1000 t with sinusoids, and frequencies up to 1000 blow up the JVP d * df/dt
 
     def validate(self) -> None:
         check_fraction("method.mean_fraction", self.mean_fraction)

@@ -7,7 +7,7 @@ of d, student: one of 2d, t on the 2d grid) the images at t = 1 are
   x1_S = x_t + (1 - t) f(x_t, t, 2d)   (the student's, with gradients),
   x1_T = x_t + (1 - t) v_bar,  v_bar = sg((v1 + v2) / 2)   (the teacher's: PD's target).
 A frozen classifier phi (eval mode, no parameter updates, gradients flow through it to the student;
-never the FID network, bench/classifiers.py) maps an image to logits l, a pooled feature h and a
+never the FID network, bench/classifiers/) maps an image to logits l, a pooled feature h and a
 spatial map m. In those stages the loss is lambda_pd * MSE (the released code: 0) plus
 - CFD (Sun et al., arXiv 2211.12039): KL(softmax(h_T / tau) || softmax(h_S)) over the feature
   channels (tau on the teacher only), plus the dataset-oriented term
@@ -120,12 +120,13 @@ class PixelQueue:
 
 @dataclass
 class CFDOptions(ProgressiveOptions):
+    # cfd and rdd keep progressive's cfg ("baked") and final_steps (1; the papers compare 4-step students: --set final_steps=4)
     loss_stages: str = "4"  # student step counts of the stages with this loss ("4": the 8 -> 4 stage, as released), comma list or "all"
     lambda_pd: float = 0.0  # weight of PD's MSE in those stages (the released code has none); 1 elsewhere
     feature_temperature: float = 0.95  # tau on the teacher's feature softmax (CFD: 0.95 with ResNet-18, 0.9 with DenseNet-201)
     beta: float = 0.003  # weight of the dataset-oriented term (CFD, ResNet-18 setting)
     gamma: float = 0.75  # its split between the per-sample entropy and the batch's negative entropy
-    classifier: str = "auto"  # auto (digits: digits-probe, other images: resnet18) | digits-probe | resnet18
+    classifier: str = "auto"  # auto (the dataset's own: digits-probe on digits, resnet18 on other images) | digits-probe | resnet18
     classifier_weights: str = ""  # a local weights file ("" = the shipped probe, or $BENCH_CLASSIFIER_WEIGHTS / torch's hub cache)
 
     def validate(self) -> None:
@@ -160,7 +161,7 @@ class RDDOptions(CFDOptions):
     beta: float = 0.0  # RDD keeps CFD's feature KL only, not its dataset term
     pair_weight: float = 1.0  # (i) sample-to-sample pixel relations
     pair_temperature: float = 1.0  # tau1
-    memory_weight: float = 0.1  # (ii) relations to the queue
+    memory_weight: float = 0.1  # (ii) relations to the FIFO queue of teacher pixel embeddings
     memory_temperature: float = 0.1  # tau2
     queue_size: int = 20_000  # teacher pixel embeddings kept
     queue_update: int = 128  # pixels pushed per step (drawn from the batch's teacher maps)
@@ -200,14 +201,18 @@ class ClassifierDistillation(Progressive):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.classifier = None  # set by setup(), once the data are known
+        self.classifier = None  # handed to setup() by the harness, which loads what classifier_request() names
         self._steps = self.opts.student_steps()
 
-    def setup(self, data, device) -> None:
-        if self.classifier is None:
-            from bench.classifiers import load_classifier_for
+    def classifier_request(self) -> tuple[str, str]:
+        return self.opts.classifier, self.opts.classifier_weights
 
-            self.classifier = load_classifier_for(data, self.opts.classifier, self.opts.classifier_weights, device, self.name)
+    def setup(self, data, device, classifier=None) -> None:
+        if self.classifier is None:
+            if classifier is None:
+                raise BenchError(f"{self.name} distils through a frozen classifier and setup() was handed none "
+                                 f"(the harness loads it: bench.classifiers.classifier_for).")
+            self.classifier = classifier
 
     def run_params(self, batch_size: int) -> dict[str, Any]:
         if self.classifier is None:
@@ -267,10 +272,10 @@ class RelationalDistillation(ClassifierDistillation):
         self.queue: PixelQueue | None = None
         self._pending_rdd: dict | None = None  # head and queue from a checkpoint loaded before setup()
 
-    def setup(self, data, device) -> None:
+    def setup(self, data, device, classifier=None) -> None:
         if self.head is not None:
             return
-        super().setup(data, device)
+        super().setup(data, device, classifier)
         with torch.no_grad():
             channels = self.classifier(torch.zeros(2, *data.shape, device=device)).m.shape[1]
         width = self.opts.head_width or channels

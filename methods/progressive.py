@@ -59,8 +59,13 @@ def teacher_step_size(stage: int, M: int) -> float:
 @dataclass
 class ProgressiveOptions(TeacherOptions):
     refresh_from: str = "ema"  # student weights that become the next stage's teacher: "ema" or "model"
-    cfg: str = "baked"  # where guidance at cfg_scale != 1 goes: "baked" (stage 1's targets, authors' code) or "sampling" (every step)
-    final_steps: int = 1  # the student's step count the stages stop at: 1, or 4 as the PD / CFD / RDD papers compare
+    # where guidance at cfg_scale != 1 goes: "baked" (the authors' code, targets_progressive.py with bootstrap_cfg 1
+    # as their ImageNet command: stage 1's teacher targets guided, the student samples unguided) or "sampling"
+    # (CFG at every sampling step; logged as a deviation when cfg_scale != 1). At cfg_scale = 1 the two are the same
+    cfg: str = "baked"
+    # the student's step count the stages stop at: 1 (distil to one step) or e.g. 4 (log2(M / 4) stages, the 4-step
+    # student the PD / CFD / RDD papers compare; stages stay equal shares of train.steps); cfd and rdd inherit it
+    final_steps: int = 1
 
     def validate(self) -> None:
         if self.M < 2:

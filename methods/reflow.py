@@ -45,7 +45,7 @@ PAIR_CHUNK = 4096  # rows per teacher call while generating pairs
 
 @dataclass
 class ReflowOptions(TeacherOptions):
-    num_pairs: int = 50_000  # (x0, x1_hat) pairs generated with the teacher at M steps, over all labels
+    num_pairs: int = 50_000  # (x0, x1_hat) pairs generated with the teacher at M Euler steps, over all labels
     pair_seed: int = 0  # seed of the pairs' noise (fixed, so a resume regenerates the same pairs)
 
     def validate(self) -> None:
@@ -118,7 +118,9 @@ LIVE_REFLOW_RECIPES: dict[str, dict[str, object]] = {
 
 @dataclass
 class LiveReflowOptions(MethodOptions):
-    recipe: str = "authors"  # the published setting the knobs below default to (the authors' code; see the module docstring)
+    # the published setting the knobs below default to: "authors" (their targets_livereflow.py; see the module
+    # docstring); a knob set in a profile or with --set is logged as a deviation
+    recipe: str = "authors"
     k: float = 0.125  # share of each batch on the d = 1 reflow target (authors: batch_size // bootstrap_every, 1/8)
     rollout_steps: int = 8  # Euler steps of the model's own roll-out that makes x1_hat (authors: 8)
     bootstrap_ema: bool = False  # roll out the EMA weights (authors: false, the live weights)

@@ -36,7 +36,9 @@ LEVEL_ALIASES = {"large": "quarter_large"}  # the name quarter_large had before;
 
 @dataclass
 class ShortcutOptions(MethodOptions):
-    recipe: str = "paper"  # "paper" or "authors": the defaults of k, flow_d, dropout_rows, levels, eval_weights
+    # "paper" or "authors" (RECIPES): the defaults of k (1/4 | 1/8), flow_d (zero | min), dropout_rows (all | flow),
+    # levels (uniform | authors) and eval_weights (ema | live); a knob set in a profile or with --set wins
+    recipe: str = "paper"
     k: float = math.nan  # bootstrap_fraction: share of each batch on self-consistency targets (unset: the recipe's, paper 1/4, authors 1/8)
     bootstrap_ema: bool = True  # build self-consistency targets with the EMA weights
     clip: float = 4.0  # clip the intermediate point and the target to [-clip, clip] (0 = off)

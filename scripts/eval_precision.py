@@ -14,12 +14,12 @@ import re
 import sys
 import time
 
-import bench.run as R
+import bench.train.run as R
 from bench.config import Config
 
 
 def main(run_ids: list[str]) -> None:
-    from bench.checkpoint import load
+    from bench.files.checkpoint import load
 
     timed = {}
     inner = R.evaluate_all

@@ -96,11 +96,10 @@ skipping=$([[ -n "$FROM" ]] && echo 1 || echo 0)
 teacher_of() {  # the finished flow-matching run of seed $1 in the experiment (for --from after a stop)
   $PYTHON - "$EXPERIMENT" "$1" <<'EOF'
 import sys
-from bench.report import open_store
-c = open_store(); exp = c.get_experiment_by_name(sys.argv[1])
-runs = c.search_runs([exp.experiment_id], f"tags.method = 'flow_matching' and params.seed = '{sys.argv[2]}' "
-                     "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"]) if exp else []
-print(runs[0].info.run_id if runs else "")
+from bench.store.tracking import RunStore
+runs = RunStore.existing().find(sys.argv[1], tags={"method": "flow_matching"}, params={"seed": sys.argv[2]},
+                                status="FINISHED", newest_first=True)
+print(runs[0].run_id if runs else "")
 EOF
 }
 

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = ap.parse_args()
 
-    from bench.tune import build_plan, run_sweep
+    from bench.sweep.tune import build_plan, run_sweep
 
     walls: dict[str, list[float]] = {"parallel": [], "sequential": []}
     for rep in range(args.reps):

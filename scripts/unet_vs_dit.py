@@ -16,10 +16,10 @@ import torch
 
 from bench.config import resolve
 from bench.data import load_dataset
-from bench.evaluate import sync
+from bench.evaluation.evaluate import sync
 from bench.models import count_parameters
 from bench.speed import _seconds, build_trainer, forward_flops
-from bench.trainer import pick_device
+from bench.config import pick_device
 
 
 def main() -> None:

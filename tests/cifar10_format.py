@@ -1,4 +1,4 @@
-"""Writes CIFAR-10 in the official python format, independently of bench/cifar10.py: what tests and
+"""Writes CIFAR-10 in the official python format, independently of bench/data/cifar10.py: what tests and
 the GPU script (results/gpu/cifar10.sh) load instead of the real archive, which nothing here downloads.
 
 The official batches were pickled by Python 2's cPickle with protocol 2: every string is a byte string

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.sampling import count_nfe, sample
+from bench.evaluation.sampling import count_nfe, sample
 from methods import METHODS
 from methods.base import Batch
 from methods.consistency import ConsistencyDistillation, ConsistencyTraining, ct_delta, ct_phase
@@ -434,7 +434,7 @@ def test_live_reflow_authors_recipe_as_their_code():
     old = make("live_reflow", M=M, k=0.25, bootstrap_ema=True, flow_d="zero", eval_weights="ema")
     assert old.opts.deviations() == {"k": 0.25, "flow_d": "zero", "bootstrap_ema": True, "eval_weights": "ema"}
     from bench.config import Config, resolve
-    from bench.run import deviation_tag
+    from bench.train.run import deviation_tag
 
     cfg = resolve("live_reflow", "smoke", [])
     assert cfg.method.deviations() == {} and deviation_tag(cfg) == {}
@@ -592,7 +592,7 @@ def test_nfe_per_sampling_run(name, cfg_scale):
 @pytest.mark.parametrize("name", NEW)
 def test_declared_passes_per_step_match_the_rows_evaluated(name):
     """passes_per_step (the compute budget) against the rows actually pushed through every network."""
-    from bench.sampling import NFECounter
+    from bench.evaluation.sampling import NFECounter
 
     torch.manual_seed(0)
     B, M, steps = 64, 8, 16
@@ -619,9 +619,9 @@ def test_declared_passes_per_step_match_the_rows_evaluated(name):
 @pytest.mark.parametrize("name", NEW)
 def test_training_is_deterministic_and_teachers_get_no_gradient(name):
     from bench.config import resolve
-    from bench.teachers import TeacherPlan
-    from bench.trainer import Trainer
-    from bench.run import prepare
+    from bench.train.teachers import TeacherPlan
+    from bench.train.trainer import Trainer
+    from bench.train.run import prepare
 
     over = ["train.steps=6", "train.batch_size=32", "model.hidden=32", "model.depth=2", "eval.num_samples=10",
             "train.log_every=3", "method.M=4"] + (["num_pairs=20"] if name == "reflow" else [])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import checkpoint as ckpt
+from bench.files import checkpoint as ckpt
 from bench.errors import BenchError
 
 
@@ -81,8 +81,8 @@ def test_a_refused_last_checkpoint_is_not_worked_around_with_the_previous_one(tm
 
 def test_what_the_harness_saves_loads_with_weights_only(tmp_path):
     from bench.config import resolve
-    from bench.run import prepare
-    from bench.trainer import Trainer
+    from bench.train.run import prepare
+    from bench.train.trainer import Trainer
 
     for method in ("shortcut", "consistency_training"):
         p = prepare(resolve(method, "smoke", ["train.steps=2"]), progress=False)
@@ -97,8 +97,8 @@ def test_what_the_harness_saves_loads_with_weights_only(tmp_path):
 
 def test_a_crafted_teacher_file_is_refused(tmp_path):
     from bench.config import resolve
-    from bench.run import prepare
-    from bench.teachers import TeacherPlan
+    from bench.train.run import prepare
+    from bench.train.teachers import TeacherPlan
 
     path = crafted(tmp_path / "teacher.pt", tmp_path / "marker")
     p = prepare(resolve("progressive", "smoke", [f"teacher={path}"]), progress=False)
@@ -109,7 +109,7 @@ def test_a_crafted_teacher_file_is_refused(tmp_path):
 
 def test_a_crafted_resume_checkpoint_is_refused_before_the_store_is_touched(tmp_path, isolated_store):
     from bench.config import resolve
-    from bench.run import checkpoint_dir, execute
+    from bench.train.run import checkpoint_dir, execute
 
     run_id = "0123456789abcdef0123456789abcdef"
     crafted(checkpoint_dir(run_id) / "last.pt", tmp_path / "marker")
@@ -129,7 +129,7 @@ def test_cli_refuses_a_crafted_teacher_and_a_crafted_resume_with_exit_2(tmp_path
     r = _bench("run", "-m", "progressive", "-p", "smoke", "--set", f"teacher={teacher}")
     assert r.returncode == 2, r.stderr
     assert "refused and not loaded" in one_sentence(r.stderr)
-    from bench.run import checkpoint_dir
+    from bench.train.run import checkpoint_dir
 
     run_id = "fedcba9876543210fedcba9876543210"
     crafted(checkpoint_dir(run_id) / "last.pt", tmp_path / "marker")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cifar10 as C
+from bench.data import cifar10 as C
 from bench.config import DataConfig
 from bench.data import load_dataset
 from bench.errors import BenchError
@@ -228,7 +228,7 @@ def test_a_tiny_unet_trains_and_samples_on_synthetic_cifar(name, tmp_path):
     """A few steps through the harness's trainer (the cifar10 profile with a tiny U-Net, fp32 on the CPU),
     then the method's sampler at n = 1 and 2 from the EMA model."""
     from bench.config import resolve
-    from bench.sampling import sample
+    from bench.evaluation.sampling import sample
     from bench.speed import build_trainer
 
     path = write_archive(tmp_path / C.ARCHIVE, make_batches(8, seed=0))

@@ -90,7 +90,7 @@ def test_a_wrong_flag_or_stray_argument_is_a_usage_error_not_a_traceback():
 
 def test_a_sweep_with_failed_trials_and_a_non_finite_loss_are_runtime_failures():
     from bench.errors import NonFiniteLoss, RunFailed
-    from bench.tune import SweepFailed
+    from bench.sweep.tune import SweepFailed
 
     assert issubclass(SweepFailed, RunFailed) and issubclass(NonFiniteLoss, RunFailed) and RunFailed.exit_code == 1
 
@@ -109,7 +109,7 @@ def test_run_then_report_end_to_end(isolated_store, tmp_path):
     for n in (1, 2, 4, 8):
         assert any(line.split()[:1] == [str(n)] for line in out.splitlines())
     assert "run " in out and "experiment 'e2e'" in out and str(isolated_store) in out
-    from bench.tracking import client
+    from bench.store.tracking import client
 
     c = client()
     exp = c.get_experiment_by_name("e2e")
@@ -151,7 +151,7 @@ def test_run_then_report_end_to_end(isolated_store, tmp_path):
 @pytest.mark.slow
 def test_fixed_seed_gives_identical_metrics():
     from bench.config import resolve
-    from bench.run import execute
+    from bench.train.run import execute
 
     over = ["train.steps=120", "M=4", "eval.num_samples=300", "train.log_every=40"]
     a = execute(resolve("shortcut", "smoke", over), "det", progress=False, echo=lambda *_: None)

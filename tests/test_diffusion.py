@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.sampling import count_nfe, sample
+from bench.evaluation.sampling import count_nfe, sample
 from methods.base import Batch
 from methods.diffusion import Diffusion, DiffusionOptions
 
@@ -183,7 +183,7 @@ def test_diffusion_trains_and_collapses_at_one_step_on_smoke():
     """End to end on the toy: at 1 step the samples pile up near the data mean (the origin for eight
     Gaussians on a circle), at M steps they reach every mode."""
     from bench.config import resolve
-    from bench.run import execute
+    from bench.train.run import execute
 
     cfg = resolve("diffusion", "smoke", ["train.steps=1500", "method.M=16", "eval.steps=1,16", "eval.num_samples=500",
                                          "eval.batch_size=500", "train.checkpoint_every=1500"])
@@ -197,7 +197,7 @@ def test_eps_evaluates_in_fp32_whatever_eval_precision_says():
     """eps divides by sqrt(abar_T) ~ 0.006 at the first trailing step: bf16 (or TF32) rounding of the
     output would be amplified ~178x at n = 1, so eps asks for fp32; v keeps what eval.precision resolved to."""
     from bench.config import resolve
-    from bench.run import prepare, run_params
+    from bench.train.run import prepare, run_params
 
     for param, want in (("eps", "fp32"), ("v", "bf16")):
         p = prepare(resolve("diffusion", "smoke", [f"parameterization={param}", "eval.precision=bf16"]), progress=False)

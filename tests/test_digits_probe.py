@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.similarity import linear_cka
+from bench.classifiers.similarity import linear_cka
 
 
 def fid_classifier_split():
-    """The FID classifier's split, written out independently of bench.digits_nets: scikit-learn's
+    """The FID classifier's split, written out independently of bench.classifiers.nets: scikit-learn's
     stratified 80 / 20 split of the 1,797 digits with random_state 0 (its seed)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -22,8 +22,8 @@ def fid_classifier_split():
 def test_the_probe_trains_only_on_digits_the_fid_classifier_held_out(tmp_path):
     import torch
 
-    from bench.digits_classifier import train_classifier
-    from bench.digits_probe import train_probe
+    from bench.classifiers.digits import train_classifier
+    from bench.classifiers.probe import train_probe
 
     torch.set_num_threads(1)
     fid_train, fid_heldout = fid_classifier_split()

@@ -60,7 +60,7 @@ class RowTimes(Method):
 
 
 def make_trainer(cfg, distributed: bool, **hooks):
-    from bench.trainer import Trainer
+    from bench.train.trainer import Trainer
 
     class FixedRows(Trainer):
         """Rank r takes rows [r B/W, (r + 1) B/W) of the step's fixed batch."""
@@ -163,7 +163,7 @@ def test_global_batch_must_split_evenly():
 
 
 def test_more_gpus_than_the_machine_has_fails_before_any_run_is_created(isolated_store, monkeypatch):
-    from bench.run import execute
+    from bench.train.run import execute
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = resolve("flow_matching", "smoke", [("train.workers", 64), ("train.gpus_per_worker", 1),
@@ -199,7 +199,7 @@ def _descendants(pid: int) -> set[int]:
 def _layout(experiment: str):
     from mlflow.tracking import MlflowClient
 
-    from bench.tracking import tracking_uri
+    from bench.store.tracking import tracking_uri
 
     c = MlflowClient(tracking_uri())
     exp = c.get_experiment_by_name(experiment)
@@ -221,9 +221,9 @@ def _layout(experiment: str):
 def test_bench_run_with_two_workers_has_the_single_worker_layout(isolated_store, monkeypatch):
     from typer.testing import CliRunner
 
-    from bench import checkpoint as ckpt
+    from bench.files import checkpoint as ckpt
     from bench.cli import app
-    from bench.run import checkpoint_dir
+    from bench.train.run import checkpoint_dir
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     common = ["--method", "shortcut", "--profile", "smoke", "--quiet",

@@ -10,9 +10,9 @@ from torch import nn
 from bench.config import resolve
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.evaluate import Evaluator
+from bench.evaluation.evaluate import Evaluator
 from bench.models import build_model
-from bench.sampling import EvalModel, generate, pad_rows, resolve_precision
+from bench.evaluation.sampling import EvalModel, generate, pad_rows, resolve_precision
 from methods import get_method
 
 
@@ -111,7 +111,7 @@ def test_compiled_evaluation_pads_and_counts_nfe_per_real_row(tmp_path, monkeypa
 def test_bf16_evaluation_is_recorded_and_close_to_fp32(tmp_path):
     """The same untrained-but-fixed model and noise on digits: FID in bf16 within 2 % of fp32, and the
     precision that ran is a run param."""
-    from bench.run import prepare, run_params
+    from bench.train.run import prepare, run_params
 
     fids = {}
     for precision in ("fp32", "bf16"):  # the MLP: an untrained DiT samples exactly x0 in both precisions
@@ -130,7 +130,7 @@ def test_train_compile_mode_reduce_overhead_clones_outputs(monkeypatch):
     """train.compile_mode = reduce-overhead (CUDA graphs reuse one output buffer per graph): the compiled
     views hand back copies, so a method may keep one output across the next call. torch.compile is
     replaced by a module that, like a CUDA graph, writes every output into the same buffer."""
-    from bench.trainer import Trainer, _CloneOutput
+    from bench.train.trainer import Trainer, _CloneOutput
 
     class ReusedBuffer(nn.Module):
         def __init__(self, model):
@@ -168,8 +168,8 @@ def test_every_batch_starts_from_the_same_noise_at_every_n():
     import torch
 
     from bench.config import resolve
-    from bench.run import prepare
-    from bench.sampling import batch_seed, generate
+    from bench.train.run import prepare
+    from bench.evaluation.sampling import batch_seed, generate
 
     assert batch_seed(7, 0) == 7 and batch_seed(7, 100) != batch_seed(8, 100)
     p = prepare(resolve("consistency_training", "smoke", ["M=8"]), progress=False)
@@ -197,7 +197,7 @@ def test_every_batch_starts_from_the_same_noise_at_every_n():
 def test_cuda_graph_wrapper_unwraps_to_the_eager_module():
     """Methods that need the eager module (a target network copy, a JVP) unwrap `_orig_mod`: the
     reduce-overhead wrapper must lead to the same module a plain torch.compile wrapper does."""
-    from bench.trainer import compiled
+    from bench.train.trainer import compiled
 
     m = nn.Linear(2, 2)
     assert compiled(m, "reduce-overhead")._orig_mod is m and compiled(m)._orig_mod is m

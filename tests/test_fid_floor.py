@@ -1,4 +1,4 @@
-"""The FID floor (bench.metrics.fid_floor): what a perfect sampler scores at N samples against a
+"""The FID floor (bench.evaluation.metrics.fid_floor): what a perfect sampler scores at N samples against a
 finite reference set. Checked against fresh draws from a known Gaussian, where the floor can be
 measured directly; logged by every run and printed under the report's table."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.metrics import fid_floor, frechet_distance
+from bench.evaluation.metrics import fid_floor, frechet_distance
 
 
 def gaussian(rng: np.random.Generator, dim: int):
@@ -75,8 +75,8 @@ def test_no_floor_where_a_half_of_the_reference_cannot_hold_a_covariance():
 def test_a_run_logs_its_floor_and_the_report_prints_it(tmp_path):
     from bench.config import resolve
     from bench.report import collect, fid_table, write_report
-    from bench.run import execute
-    from bench.tracking import client
+    from bench.train.run import execute
+    from bench.store.tracking import client
 
     said = []
     cfg = resolve("flow_matching", "smoke", ["train.steps=20", "eval.num_samples=500", "eval.batch_size=500",
@@ -97,7 +97,7 @@ def test_a_run_logs_its_floor_and_the_report_prints_it(tmp_path):
 def test_the_report_shades_the_floor_plus_minus_one_runs_sd():
     import pandas as pd
 
-    from bench.plots import pyplot
+    from bench.files.plots import pyplot
     from bench.report import draw_floor
 
     plt = pyplot()

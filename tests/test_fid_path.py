@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from bench.config import DataConfig, resolve
-from bench.data import load_dataset
+from bench.data import TensorData, load_dataset
 from bench.errors import BenchError
-from bench.evaluate import Evaluator
+from bench.evaluation.evaluate import Evaluator
 from methods.base import Method
 
 
@@ -45,7 +45,7 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
 
 def digits_features(images_uint8: torch.Tensor) -> np.ndarray:
     """The shipped digits classifier's 128-d penultimate layer, called directly."""
-    from bench.digits_classifier import load_classifier
+    from bench.classifiers.digits import load_classifier
 
     net = load_classifier()
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_latent_samples_are_decoded_with_the_vae_and_compared_with_the_real_imag
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from bench.prepare_latents import prepare_latents
+    from bench.data.prepare_latents import prepare_latents
 
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -119,8 +119,8 @@ def test_latent_samples_are_decoded_with_the_vae_and_compared_with_the_real_imag
 
 
 def test_params_record_sample_count_features_weights_and_reference(tmp_path):
-    from bench.digits_classifier import WEIGHTS_PATH
-    from bench.run import prepare, run_params
+    from bench.classifiers.digits import WEIGHTS_PATH
+    from bench.train.run import prepare, run_params
 
     cfg = resolve("shortcut", "digits", ["eval.num_samples=1234"])
     params = run_params(prepare(cfg, progress=False))
@@ -137,25 +137,28 @@ def test_params_record_sample_count_features_weights_and_reference(tmp_path):
     assert params["eval.sample_decoder"] == "none"
 
 
+FOLDER = TensorData("imagefolder:x", "images", torch.zeros(2, 3, 8, 8), None, 0)  # images that declare no feature space of their own
+
+
 @pytest.mark.slow
 def test_inception_v3_compat_loads_a_local_weights_file(tmp_path, monkeypatch):
     """A same-shape random state dict (91 MiB) stands in for the real file: it must be the one loaded,
     from eval.inception_weights, $BENCH_INCEPTION_WEIGHTS or torch hub's cache, and hashed."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from bench.metrics import INCEPTION_FILE, FeatureSpace
+    from bench.evaluation.metrics import INCEPTION_FILE, FeatureSpace
     from bench.speed import write_random_inception
 
     path = write_random_inception(tmp_path / "hub" / "checkpoints" / INCEPTION_FILE)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    space = FeatureSpace.resolve("inception", "images", "imagefolder:x", str(path))
+    space = FeatureSpace.resolve("inception", FOLDER, str(path))
     assert space.name == "inception-v3-compat" and space.weights_sha256 == sha and space.weights_path == path
 
     monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(path))
-    assert FeatureSpace.resolve("auto", "images", "imagefolder:x", "").weights_path == path
+    assert FeatureSpace.resolve("auto", FOLDER, "").weights_path == path
     monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch hub's cache: $TORCH_HOME/hub/checkpoints/
-    assert FeatureSpace.resolve("inception", "images", "imagefolder:x", "").weights_path == path
+    assert FeatureSpace.resolve("inception", FOLDER, "").weights_path == path
 
     fe = space.create(torch.device("cpu"))
     imgs = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -168,12 +171,12 @@ def test_inception_v3_compat_loads_a_local_weights_file(tmp_path, monkeypatch):
 
 
 def test_missing_inception_weights_are_one_sentence(tmp_path, monkeypatch):
-    from bench.metrics import INCEPTION_FILE, FeatureSpace
+    from bench.evaluation.metrics import INCEPTION_FILE, FeatureSpace
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
     for configured, words in (("", INCEPTION_FILE), (str(tmp_path / "nope.pth"), "does not exist")):
         with pytest.raises(BenchError) as e:
-            FeatureSpace.resolve("inception", "images", "imagefolder:x", configured)
+            FeatureSpace.resolve("inception", FOLDER, configured)
         msg = str(e.value)
         assert words in msg and "\n" not in msg and msg.endswith(".")
 
@@ -185,7 +188,7 @@ def test_the_estimate_extrapolates_one_timed_batch(tmp_path, monkeypatch):
     cached yet: computed once), the distances 0.02 s. 4 x (3 x 0.05 + 0.1 + 2 x 0.1 + 4 x 0.12) + 3 x 0.02
     = 3.78 s, plus the reference 0.3 s and the warm-up's extra 0.2 - 0.1 - 0.05 = 0.05 s: 4.13 s (the samples
     file and picture per n are timed for real: added apart)."""
-    import bench.evaluate as E
+    import bench.evaluation.evaluate as E
 
     durations = iter([0.2, 0.1, 0.1, 0.12, 0.05, 0.3, 0.02])
     monkeypatch.setattr(E, "timed", lambda fn, device: (next(durations), fn()))

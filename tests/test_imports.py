@@ -1,5 +1,6 @@
-"""Imports in bench/ and methods/ point one way (data -> model -> method -> trainer -> sampling ->
-metrics -> tracking -> run -> sweeps -> report -> cli): no cycle, counting imports inside functions."""
+"""Imports in bench/ and methods/ point one way, down the layers (files, data, classifiers, models,
+methods, store, evaluation, train, speed, sweep, report; cli, config and errors at the top): no cycle,
+counting imports inside functions, no import up the order, no module over 500 lines."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle_in_bench_and_methods():
     graph = import_graph(ROOT)
-    assert "bench.run" in graph and "methods.base" in graph  # the walk found the packages
+    assert "bench.train.run" in graph and "methods.base" in graph  # the walk found the packages
     found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
@@ -99,3 +100,46 @@ def test_the_check_sees_a_cycle_through_a_function_level_import(tmp_path):
     graph = import_graph(tmp_path, ("bench",))
     assert "bench.a" in graph["bench.d"]  # a relative import resolves to the module
     assert cycles(graph) == [["bench.a", "bench.b", "bench.c"]]
+
+
+# bench's packages from the bottom up: each imports only packages before it (and the top-level modules
+# errors.py and config.py, which every layer reads; config reads the method and model registries to validate
+# keys). cli.py is above all of them.
+LAYERS = ("files", "data", "classifiers", "models", "methods", "store", "evaluation", "train", "speed", "sweep",
+          "report")
+
+
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "methods":
+        return "methods"
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for m, targets in graph.items():
+        a = package_of(m)
+        for t in targets:
+            b = package_of(t)
+            if a and b and a != b and LAYERS.index(b) > LAYERS.index(a):
+                bad.append(f"{m} -> {t} ({a} imports {b}, a layer above it)")
+    return sorted(bad)
+
+
+def test_packages_import_one_way_down_the_layers():
+    graph = import_graph(ROOT)
+    packages = {p.name for p in (ROOT / "bench").iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(LAYERS) - {"methods"}, "a package of bench/ is missing from LAYERS (or LAYERS names one that is gone)"
+    assert layer_violations(graph) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"bench.data.x": {"bench.train.run"}, "bench.train.run": {"bench.data.x"}, "bench.config": {"methods"}}
+    assert layer_violations(graph) == ["bench.data.x -> bench.train.run (data imports train, a layer above it)"]
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}

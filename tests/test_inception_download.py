@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import metrics as M
+from bench.evaluation import metrics as M
 from bench.errors import BenchError
 
 

@@ -50,7 +50,7 @@ def assets(tmp_path_factory):
 
 
 def prepare(assets, out, **kw):
-    from bench.prepare_latents import prepare_latents
+    from bench.data.prepare_latents import prepare_latents
 
     root, _ = assets
     kw = {"resolution": SIDE, "batch_size": 4, "device": "cpu", "workers": 0, "progress": False, **kw}
@@ -131,7 +131,7 @@ def test_fingerprint_follows_the_latents_and_the_vae(latents_dir, tmp_path):
 
 
 def test_an_interrupted_prepare_leaves_nothing(assets, tmp_path, monkeypatch):
-    import bench.latents as L
+    import bench.data.latents as L
 
     real, calls = L.encode, []
 
@@ -166,7 +166,7 @@ def _one_sentence(e: BenchError) -> str:
 def test_bad_vae_folders_are_one_sentence(assets, tmp_path):
     from safetensors.torch import save_file
 
-    from bench.prepare_latents import prepare_latents
+    from bench.data.prepare_latents import prepare_latents
 
     root, _ = assets
     with pytest.raises(BenchError) as e:
@@ -245,8 +245,8 @@ def test_cli_prepare_then_train_and_evaluate_on_latents(assets, tmp_path):
 
     from bench.cli import app
     from bench.config import resolve
-    from bench.run import execute
-    from bench.tracking import client, tracking_uri
+    from bench.train.run import execute
+    from bench.store.tracking import client, tracking_uri
 
     root, _ = assets
     out = tmp_path / "lat"

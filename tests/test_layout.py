@@ -20,7 +20,7 @@ def test_methods_get_the_eager_modules_behind_compiled_views(monkeypatch):
     from bench.config import resolve
     from bench.data import load_dataset
     from bench.models import build_model
-    from bench.trainer import Trainer
+    from bench.train.trainer import Trainer
     from methods import get_method
 
     class View(nn.Module):  # a compiled stand-in without torch's private _orig_mod

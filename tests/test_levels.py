@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.config import resolve
-from bench.levels import DivergenceWatch
+from bench.evaluation.levels import DivergenceWatch
 from methods.base import Batch, LossLadder, Method, Targets, interpolate
 from methods.shortcut import Shortcut, ShortcutOptions
 
@@ -68,8 +68,8 @@ def test_per_level_losses_sum_back_to_the_trainers_loss():
     """One training step: the loss, each level's loss and the flow loss recomputed from the targets with
     a copy of the weights before the step; the row-weighted sum of the parts (weight 4 on the
     self-consistency rows) is the loss."""
-    from bench.run import prepare
-    from bench.trainer import Trainer
+    from bench.train.run import prepare
+    from bench.train.trainer import Trainer
 
     B, M, w = 64, 8, 4.0
     cfg = resolve("shortcut", "smoke", ["train.steps=1", f"bootstrap_weight={w:g}", f"train.batch_size={B}",
@@ -107,8 +107,8 @@ def test_per_level_losses_sum_back_to_the_trainers_loss():
 
 def test_a_group_without_rows_is_skipped_in_the_logged_mean():
     """Steps where a group had no rows do not pull its logged mean towards 0."""
-    from bench.run import prepare
-    from bench.trainer import Trainer
+    from bench.train.run import prepare
+    from bench.train.trainer import Trainer
 
     cfg = resolve("shortcut", "smoke", ["train.steps=4", "train.log_every=4", "train.batch_size=8", "model.hidden=16", "M=8"])
     p = prepare(cfg, progress=False)
@@ -134,9 +134,9 @@ def test_paired_to_M_against_numpy_on_a_tiny_run():
     written here from the same noise (the evaluation's seed, one batch), and paired_to_2n the gap to 2n
     steps; sampling at M again gives
     the same samples (the sampler is deterministic: the same noise at every n)."""
-    from bench.evaluate import paired_distances
-    from bench.run import prepare
-    from bench.trainer import Trainer
+    from bench.evaluation.evaluate import paired_distances
+    from bench.train.run import prepare
+    from bench.train.trainer import Trainer
 
     N, M = 300, 4
     cfg = resolve("flow_matching", "smoke", ["train.steps=300", "model.hidden=32", f"M={M}", f"eval.num_samples={N}",
@@ -173,7 +173,7 @@ def test_paired_to_M_against_numpy_on_a_tiny_run():
 
 
 def test_paired_distances_in_feature_space():
-    from bench.evaluate import paired_distances
+    from bench.evaluation.evaluate import paired_distances
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(50, 1, 8, 8)), rng.normal(size=(40, 1, 8, 8))
@@ -242,8 +242,8 @@ class _DivergingStub(Method):
 
 
 def test_a_diverging_method_stub_warns_once_tags_the_run_and_keeps_training(monkeypatch):
-    from bench import run as bench_run
-    from bench.tracking import client
+    from bench.train import run as bench_run
+    from bench.store.tracking import client
     from methods import METHODS
 
     monkeypatch.setitem(METHODS, _DivergingStub.name, _DivergingStub)
@@ -265,9 +265,11 @@ def test_a_diverging_method_stub_warns_once_tags_the_run_and_keeps_training(monk
 
 
 def test_the_harness_outside_methods_never_names_a_level():
-    """The trainer, evaluation, levels pictures and report read row groups and the ladder, never a method's names."""
-    for name in ("trainer.py", "levels.py", "evaluate.py", "report.py", "run.py", "sampling.py"):
-        text = (ROOT / "bench" / name).read_text()
+    """No module of the harness (trainer, evaluation, levels pictures, report, ...) names a method or its levels: they read row groups and the ladder."""
+    files = sorted((ROOT / "bench").rglob("*.py"))
+    assert {"trainer.py", "levels.py", "evaluate.py", "run.py", "sampling.py"} <= {f.name for f in files}
+    for path in files:
+        name, text = str(path.relative_to(ROOT)), path.read_text()
         for word in ("sc_level", "mean_level", "loss_flow", "loss_bootstrap", "row_group/flow", '"shortcut"',
                      '"meanflow"', '"live_reflow"', "method_name =="):
             assert word not in text, (name, word)

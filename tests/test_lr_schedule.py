@@ -7,8 +7,8 @@ import math
 import pytest
 
 from bench.config import TrainConfig, resolve
-from bench.run import prepare
-from bench.trainer import Trainer, lr_at
+from bench.train.run import prepare
+from bench.train.trainer import Trainer, lr_at
 from methods import get_method
 from methods.progressive import stage_bounds, stage_of_step
 

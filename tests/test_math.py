@@ -17,7 +17,7 @@ MU, SIGMA = 1.5, 0.5
 
 
 def sample_with(method, model, x0, n):
-    from bench.sampling import sample
+    from bench.evaluation.sampling import sample
 
     y = torch.zeros(len(x0), dtype=torch.long)
     return sample(method, model, x0, y, n, torch.Generator().manual_seed(0))
@@ -228,7 +228,7 @@ def test_shortcut_bootstrap_cfg_only_on_flow_queries():
 
 
 def test_cfg_doubles_network_evaluations():
-    from bench.sampling import count_nfe
+    from bench.evaluation.sampling import count_nfe
 
     x0, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
     for w, factor in ((1.0, 1), (2.0, 2)):
@@ -280,8 +280,8 @@ def test_shortcut_bootstrap_weight_weighs_the_self_consistency_rows():
     """bootstrap_weight = 1 (the paper) is the plain mean; w != 1 puts w on the k B bootstrap rows,
     and the trainer's loss is the weighted mean of the per-row errors."""
     from bench.config import resolve
-    from bench.run import prepare
-    from bench.trainer import Trainer
+    from bench.train.run import prepare
+    from bench.train.trainer import Trainer
 
     batch = make_batch(B=16)
     plain = Shortcut(ShortcutOptions(M=8, k=0.25), num_classes=0)

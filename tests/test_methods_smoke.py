@@ -25,7 +25,7 @@ QUIET = dict(progress=False, echo=lambda *_: None)
 def flow_teacher(tmp_path_factory):
     """Flow matching on smoke (its own store): the baseline to beat at 1 step and the teacher (a checkpoint path)."""
     from bench.config import resolve
-    from bench.run import checkpoint_dir, execute
+    from bench.train.run import checkpoint_dir, execute
 
     store = tmp_path_factory.mktemp("fm-store")
     with mock.patch.dict(os.environ, {"BENCH_STORE": str(store)}):
@@ -37,7 +37,7 @@ def flow_teacher(tmp_path_factory):
                                   "live_reflow", "meanflow"])
 def test_baseline_on_smoke(name, flow_teacher):
     from bench.config import resolve
-    from bench.run import execute
+    from bench.train.run import execute
     from methods import METHODS
 
     fm, teacher = flow_teacher

@@ -1,4 +1,4 @@
-"""Teachers of the distilling methods, end to end through bench.run.execute and the tracking store:
+"""Teachers of the distilling methods, end to end through bench.train.run.execute and the tracking store:
 teacher=RUN_ID, teacher=PATH, a nested teacher run when none is given (reused on resume), and
 the errors a user can cause. Tiny configs: 2-D toy, a 2-layer MLP of 32, tens of steps."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.checkpoint import load, state_hash
+from bench.files.checkpoint import load, state_hash
 from bench.config import resolve
 from bench.errors import BenchError
-from bench.run import checkpoint_dir, execute
-from bench.tracking import client
+from bench.train.run import checkpoint_dir, execute
+from bench.store.tracking import client
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import metrics as M
+from bench.evaluation import metrics as M
 
 
 def test_frechet_distance_of_gaussians_in_closed_form():
@@ -60,7 +60,7 @@ def test_shipped_digits_classifier_is_accurate_on_held_out_digits():
     from sklearn.model_selection import train_test_split
 
     from bench.data import load_digits_arrays
-    from bench.digits_classifier import load_classifier
+    from bench.classifiers.digits import load_classifier
 
     images, labels = load_digits_arrays()
     _, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels)
@@ -71,7 +71,7 @@ def test_shipped_digits_classifier_is_accurate_on_held_out_digits():
 
 
 def test_digits_classifier_retrains_reproducibly(tmp_path):
-    from bench.digits_classifier import train_classifier
+    from bench.classifiers.digits import train_classifier
 
     a = train_classifier(epochs=1, out=tmp_path / "a.npz")
     b = train_classifier(epochs=1, out=tmp_path / "b.npz")
@@ -81,22 +81,30 @@ def test_digits_classifier_retrains_reproducibly(tmp_path):
 
 
 def test_feature_space_resolution_and_missing_inception(tmp_path, monkeypatch):
+    from bench.config import DataConfig
+    from bench.data import TensorData, load_dataset
     from bench.errors import BenchError
 
-    fs = M.FeatureSpace.resolve("auto", "images", "digits", "")
+    digits = load_dataset(DataConfig(spec="digits"))
+    fs = M.FeatureSpace.resolve("auto", digits, "")
     assert fs.name == "digits-classifier" and len(fs.weights_sha256) == 64
-    assert M.FeatureSpace.resolve("auto", "points", "toy:x", "").name == "coords"
+    assert M.FeatureSpace.resolve("auto", load_dataset(DataConfig(spec="digits", labels=False)), "").name == "digits-classifier"
+    assert M.FeatureSpace.resolve("auto", TensorData("toy:x", "points", torch.zeros(4, 2), None, 0), "").name == "coords"
+    assert M.FeatureSpace.resolve("auto", TensorData("npz:x", "vectors", torch.zeros(4, 5), None, 0), "").name == "raw"
+    with pytest.raises(BenchError, match="eval.features = digits-classifier needs image data; toy:x holds points."):
+        M.FeatureSpace.resolve("digits-classifier", TensorData("toy:x", "points", torch.zeros(4, 2), None, 0), "")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # not torch.hub.set_dir: that would outlive this test
+    folder = TensorData("imagefolder:/x", "images", torch.zeros(4, 3, 8, 8), None, 0)
     with pytest.raises(BenchError, match="weights-inception-2015-12-05-6726825d.pth"):
-        M.FeatureSpace.resolve("auto", "images", "imagefolder:/x", "")
+        M.FeatureSpace.resolve("auto", folder, "")
     with pytest.raises(BenchError, match="does not exist"):
-        M.FeatureSpace.resolve("inception", "images", "digits", str(tmp_path / "nope.pth"))
+        M.FeatureSpace.resolve("inception", digits, str(tmp_path / "nope.pth"))
 
 
 def test_reference_cache_key_changes_with_weights(tmp_path):
     from bench.config import resolve
     from bench.data import load_dataset
-    from bench.evaluate import Evaluator
+    from bench.evaluation.evaluate import Evaluator
 
     cfg = resolve("flow_matching", "digits")
     data = load_dataset(cfg.data)

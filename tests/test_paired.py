@@ -1,4 +1,4 @@
-"""Paired comparisons (bench.paired, `bench report`'s paired.md / paired.csv): groups run on the same
+"""Paired comparisons (bench.report.paired, `bench report`'s paired.md / paired.csv): groups run on the same
 seeds with the same evaluation noise give per-seed differences whose 95 % t-interval is worked out by
 hand below; groups that differ in evaluation noise or teacher are not paired and the output says why."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.paired import paired_table, t_interval
+from bench.report.paired import paired_table, t_interval
 from bench.report import collect, write_report
-from bench.tracking import Tracker
+from bench.store.tracking import Tracker
 
 T_975_4 = 2.7764451051977987  # Student t, 97.5 % quantile, 4 degrees of freedom (tables)
 SEED_EFFECT = (0.0, 9.0, -7.0, 4.0, -3.0)  # what every method's run of a seed shares (evaluation noise, data order)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.checkpoint import load, previous
+from bench.files.checkpoint import load, previous
 from bench.config import resolve
 from bench.data import TensorData
 from bench.errors import BenchError
@@ -112,8 +112,11 @@ class TinyImageNet(nn.Module):
 
 
 def make(cls, opts, data, teacher=None):
+    """The method set up as a run sets it up: with the classifier it requests, loaded by the harness."""
+    from bench.classifiers import classifier_for
+
     m = cls(opts, num_classes=10, teacher=teacher or TinyImageNet().requires_grad_(False), train_steps=3)
-    m.setup(data, torch.device("cpu"))
+    m.setup(data, torch.device("cpu"), classifier_for(m, data, torch.device("cpu")))
     return m
 
 
@@ -173,11 +176,11 @@ def test_the_classifier_is_not_the_fid_network():
     """The features CFD / RDD distil through, against the features digits FID is measured in (the evaluator's
     own extractor, on uint8 images as evaluation feeds it): on all 1,797 digits their linear CKA is far below
     the 1 of one network (or one network up to a linear map), and the weights' hashes differ."""
-    from bench.metrics import FeatureSpace
+    from bench.evaluation.metrics import FeatureSpace
 
     data = digits()
     m = make(ClassifierDistillation, CFDOptions(M=8), data)
-    space = FeatureSpace.resolve("auto", "images", "digits", "", progress=False)
+    space = FeatureSpace.resolve("auto", data, "", progress=False)
     u8 = data.to_uint8(data.x)
     with torch.no_grad():
         fid_features = space.create(torch.device("cpu"))(u8)[0]
@@ -299,8 +302,8 @@ def test_queue_holds_whole_teacher_pixel_embeddings():
 
 
 def rdd_trainer(cfg, teacher, ckpt_path=None):
-    from bench.run import prepare
-    from bench.trainer import Trainer
+    from bench.train.run import prepare
+    from bench.train.trainer import Trainer
 
     p = prepare(cfg, progress=False)
     p.method.teacher = teacher
@@ -362,13 +365,13 @@ def test_gradient_clipping_covers_the_rdd_head(monkeypatch):
 
 def test_refusals_in_one_sentence(monkeypatch, tmp_path):
     from bench.classifiers import load_classifier_for
-    from bench.latents import LatentDataset
-    from bench.run import execute
+    from bench.data.latents import LatentDataset
+    from bench.train.run import execute
 
     for name in ("cfd", "rdd"):
         with pytest.raises(BenchError, match="holds points, not images"):
             execute(resolve(name, "smoke", ["train.steps=2"]), "t", progress=False, echo=lambda *a: None)
-    from bench.tracking import store_root
+    from bench.store.tracking import store_root
 
     assert not (store_root() / "mlflow.db").exists()  # refused before anything was written
     latents = LatentDataset.__new__(LatentDataset)
@@ -388,10 +391,46 @@ def test_refusals_in_one_sentence(monkeypatch, tmp_path):
         load_classifier_for(images, "digits-probe", "", torch.device("cpu"), "cfd")
 
 
+def test_the_classifier_is_handed_to_the_method():
+    """A method never loads files: it names the classifier it distils through, the harness loads it for the
+    data (the dataset's own where method.classifier = auto) and hands it to setup()."""
+    from bench.classifiers import classifier_for
+    from methods.flow_matching import FlowMatching
+
+    data = digits()
+    m = ClassifierDistillation(CFDOptions(M=8), num_classes=10, teacher=TinyImageNet(), train_steps=3)
+    assert m.classifier_request() == ("auto", "")
+    with pytest.raises(BenchError, match="cfd distils through a frozen classifier and setup\\(\\) was handed none"):
+        m.setup(data, torch.device("cpu"))
+    given = classifier_for(m, data, torch.device("cpu"))
+    assert given.name == "digits-probe"  # what digits declares (Dataset.classifier)
+    m.setup(data, torch.device("cpu"), given)
+    assert m.classifier is given
+    m.setup(data, torch.device("cpu"))  # the trainer's second call changes nothing
+    assert m.classifier is given
+    fm = FlowMatching(resolve("flow_matching", "smoke", []).method, 0)
+    assert fm.classifier_request() is None and classifier_for(fm, data, torch.device("cpu")) is None
+
+
+def test_methods_import_nothing_from_bench_but_its_errors():
+    """methods/ holds the methods alone: files, classifiers and data come through the interface."""
+    import ast
+    from pathlib import Path
+
+    imported = set()
+    for path in sorted((Path(__file__).resolve().parent.parent / "methods").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+    assert {m for m in imported if m == "bench" or m.startswith("bench.")} == {"bench.errors"}
+
+
 def test_resnet18_from_a_local_file(tmp_path, monkeypatch):
     import torchvision
 
-    from bench.checkpoint import file_sha256
+    from bench.files.checkpoint import file_sha256
     from bench.classifiers import load_classifier_for
 
     path = tmp_path / "resnet18-f37072fd.pth"

@@ -100,7 +100,7 @@ def test_recipe_sets_the_defaults_and_an_explicit_knob_wins():
 
 
 def test_deviations_from_the_recipe_are_named_and_the_digits_profile_has_two():
-    from bench.run import deviation_tag
+    from bench.train.run import deviation_tag
 
     digits = resolve("shortcut", "digits", [])
     assert digits.method.deviations() == {"levels": "quarter_large", "bootstrap_weight": 8.0}
@@ -133,7 +133,7 @@ def test_label_dropout_on_the_flow_rows_only():
 def test_trainer_batch_keeps_the_labels_before_dropout():
     from bench.data import TensorData
     from bench.models import build_model
-    from bench.trainer import Trainer
+    from bench.train.trainer import Trainer
 
     cfg = resolve("shortcut", "smoke", ["train.label_dropout=0.5", "model.hidden=16", "model.depth=1"])
     data = TensorData("ten", "points", torch.randn(100, 2), torch.arange(100) % 10, 10)
@@ -147,9 +147,9 @@ def test_trainer_batch_keeps_the_labels_before_dropout():
 
 @pytest.mark.slow
 def test_authors_recipe_evaluates_the_live_weights():
-    from bench import checkpoint as ckpt
-    from bench.run import execute, prepare
-    from bench.tracking import client, tracking_uri
+    from bench.files import checkpoint as ckpt
+    from bench.train.run import execute, prepare
+    from bench.store.tracking import client, tracking_uri
 
     over = ["recipe=authors", "train.steps=20", "M=4", "model.hidden=32", "eval.num_samples=200", "eval.steps=1",
             "train.ema_decay=0.999"]  # the EMA stays near the initial weights: live and EMA differ
@@ -267,7 +267,7 @@ def test_consistency_training_authors_schedule_as_their_code():
     assert ct(8, 40, "schedule=fine").opts.deviations() == {"schedule": "fine", "target_decay": 0.95}
     with pytest.raises(BenchError, match="target_decay is read by schedule = fine only"):
         ct(8, 40, "target_decay=0.5")
-    from bench.run import deviation_tag
+    from bench.train.run import deviation_tag
 
     cfg = resolve("consistency_training", "smoke", ["schedule=fine"])
     assert deviation_tag(cfg) == {"method.deviations": "schedule=fine, target_decay=0.95"}
@@ -335,7 +335,7 @@ class LabelAffine(nn.Module):
 
 @pytest.mark.parametrize("cfg", ["sampling", "baked"])
 def test_progressive_cfg_baked_guides_the_first_stage_teacher(cfg):
-    from bench.sampling import count_nfe
+    from bench.evaluation.sampling import count_nfe
     from methods import METHODS
 
     c = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)  # two classes and the null label
@@ -396,6 +396,6 @@ def test_progressive_bakes_the_guidance_by_default_as_the_authors():
         m.on_step_end(step, None, LabelAffine(c))  # the next stage's teacher: an (unguided) copy of the student
     assert ours == their == {1: {w}, 2: {1.0}, 3: {1.0}}
     # sampling with the baked student: one unguided pass per step
-    from bench.sampling import count_nfe
+    from bench.evaluation.sampling import count_nfe
 
     assert count_nfe(m, LabelAffine(torch.tensor([1.0, 2.0, 0.5])), torch.zeros(3, 1), torch.tensor([0, 1, 0]), 4) == 4

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.report import collect, fid_table, group_keys, mean_ci, ratio_table, write_report, write_reports
-from bench.tracking import Tracker
+from bench.store.tracking import Tracker
 
 T_975_2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
 

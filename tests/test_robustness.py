@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoint as ckpt
+from bench.files import checkpoint as ckpt
 from bench.errors import BenchError
 
 
@@ -58,8 +58,8 @@ def test_a_crash_while_writing_leaves_the_old_file(tmp_path):
 def test_non_finite_loss_stops_with_step_and_parts_and_marks_the_run_failed(monkeypatch, isolated_store):
     from bench.config import resolve
     from bench.errors import NonFiniteLoss
-    from bench.run import execute
-    from bench.tracking import client
+    from bench.train.run import execute
+    from bench.store.tracking import client
     from methods.shortcut import Shortcut
 
     original = Shortcut.targets
@@ -92,7 +92,7 @@ def _bench(*args, **kw):
 
 @pytest.mark.slow
 def test_kill_at_a_random_step_and_resume_matches_an_uninterrupted_run(isolated_store):
-    from bench.tracking import client
+    from bench.store.tracking import client
 
     args = ["run", "--method", "shortcut", "--profile", "smoke", "-q", "--set", "train.steps=600",
             "--set", "train.checkpoint_every=100", "--set", "M=8", "--set", "eval.num_samples=500"]
@@ -131,7 +131,7 @@ def test_kill_at_a_random_step_and_resume_matches_an_uninterrupted_run(isolated_
 
 WRITER = """
 import sys
-from bench.tracking import Tracker
+from bench.store.tracking import Tracker
 t = Tracker("shared", run_name=f"writer-{sys.argv[1]}")
 for i in range(300):
     t.log_metrics({"x": float(i), "y": float(-i)}, step=i)
@@ -142,7 +142,7 @@ print(t.run_id)
 
 @pytest.mark.slow
 def test_four_concurrent_writers_on_a_fresh_store_lose_nothing(isolated_store):
-    from bench.tracking import client
+    from bench.store.tracking import client
 
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=dict(os.environ)) for i in range(4)]
@@ -160,7 +160,7 @@ def test_four_concurrent_writers_on_a_fresh_store_lose_nothing(isolated_store):
 def test_a_corrupt_reference_cache_is_recomputed_and_named(tmp_path, capsys):
     from bench.config import resolve
     from bench.data import load_dataset
-    from bench.evaluate import Evaluator
+    from bench.evaluation.evaluate import Evaluator
 
     cfg = resolve("flow_matching", "digits")
     data = load_dataset(cfg.data)

@@ -9,8 +9,8 @@ import pytest
 @pytest.mark.slow
 def test_smoke_shortcut_vs_flow_matching(tmp_path):
     from bench.config import resolve
-    from bench.run import execute
-    from bench.tracking import client
+    from bench.train.run import execute
+    from bench.store.tracking import client
 
     quiet = dict(progress=False, echo=lambda *_: None)
     fm = execute(resolve("flow_matching", "smoke"), "smoke", **quiet)

@@ -115,7 +115,7 @@ def test_every_method_is_timed_with_the_profile_train_steps():
     """bench speed builds each method with train.steps: reflow's one-off pairs (num_pairs x M teacher rows) are
     spread over the run's steps, not over one (a signature check once hid train_steps from (*args, **kwargs))."""
     from bench.config import resolve
-    from bench.speed import _make_method
+    from bench.speed.prepare import _make_method
 
     for name in METHODS:
         cfg = resolve(name, "digits", [])
@@ -155,8 +155,8 @@ def test_dit_flops_formula_agrees_with_torch_flop_counter(preset):
 def test_bare_loop_replays_the_harness_calls():
     """One Euler step of flow matching from x0 with f(x) = -x lands at 0 (by hand), both ways."""
     from bench.config import resolve
-    from bench.sampling import sample
-    from bench.speed import _Recorder, bare_loop
+    from bench.evaluation.sampling import sample
+    from bench.speed.training import _Recorder, bare_loop
     from methods import get_method
 
     class MinusX(torch.nn.Module):
@@ -221,26 +221,34 @@ def test_bench_speed_on_synthetic_latents_with_a_dit(tmp_path):
     assert fm.tflops == pytest.approx(dit_flops * 3 * 8 / fm.median / 1e12)
 
 
-def test_fid_time_estimate_by_hand():
-    """flow matching with CFG on digits (M = 8): NFE(n) = 2n, so 2 x B rows per step at every n. The
-    measured rate (2 x 64 rows in 0.01 s) gives N x 2n x 0.01 / 128 s per n; decoding none, features
-    N / 1000 s per n."""
+def digits_flow_matching(*sets: str):
     from bench.config import resolve
     from bench.data import load_dataset
     from bench.models import build_model
-    from bench.speed import EvalSamplerTiming, FeatureTiming, fid_time_estimate
     from methods import get_method
 
-    cfg = resolve("flow_matching", "digits", ["method.cfg_scale=1.5", "method.M=8", "eval.batch_size=64",
-                                              "eval.num_samples=1000"])
+    cfg = resolve("flow_matching", "digits", ["method.M=8", *sets])
     data = load_dataset(cfg.data)
+    torch.manual_seed(0)
     model = build_model(cfg.model, data.shape, data.num_classes)
-    method = get_method("flow_matching")(cfg.method, data.num_classes)
+    return cfg, data, model, get_method("flow_matching")(cfg.method, data.num_classes)
+
+
+def test_fid_time_estimate_by_hand():
+    """flow matching with CFG on digits (M = 8): NFE(n) = 2n, so 2 x 64 = 128 rows per step at every n, the
+    rows of the 0.01 s timing. N = 1000 in batches of 64: 16 batches per n (the last one counted whole, as the
+    evaluator counts it). Sampling 16 x (1 + 4 + 8) x 0.01 s = 2.08 s; features 3 x 16 x 64 / 1000 images/s
+    = 3.072 s; no decoding."""
+    from bench.speed import EvalSamplerTiming, FeatureTiming, fid_time_estimate
+
+    cfg, data, model, method = digits_flow_matching("method.cfg_scale=1.5", "eval.batch_size=64", "eval.num_samples=1000")
     timing = EvalSamplerTiming("flow_matching", 1, 64, "fp32", 128, 0.01, 0.0, 1.0, 0.5)
     feat = FeatureTiming("digits-classifier", (3, 8, 8), 64, 1000.0)
     e = fid_time_estimate(method, model, data, cfg, torch.device("cpu"), [1, 4, 8], [timing], feat)
-    assert e.sampling_seconds == pytest.approx(1000 * 2 * (1 + 4 + 8) * 0.01 / 128)
-    assert e.feature_seconds == pytest.approx(3 * 1000 / 1000) and e.decode_seconds == 0
+    assert e.estimate.step_seconds == pytest.approx({1: 0.01, 4: 0.01, 8: 0.01})
+    assert e.sampling_seconds == pytest.approx(2.08)
+    assert e.feature_seconds == pytest.approx(3.072) and e.decode_seconds == 0
+    assert e.seconds == pytest.approx(2.08 + 3.072)
     # floor: the peak implied by the timing (1 TFLOP/s at 50 %: 2 TFLOP/s) x the model's FLOPs per row
     flops = model.flops_per_forward() if hasattr(model, "flops_per_forward") else None
     if flops is None:
@@ -248,3 +256,38 @@ def test_fid_time_estimate_by_hand():
 
         flops = counted_forward_flops(model, data.shape, data.num_classes, "cpu")
     assert e.floor_seconds == pytest.approx(1000 * 2 * 13 * flops / 2e12)
+
+
+def test_each_n_takes_the_rate_measured_nearest_its_rows():
+    """Without CFG (NFE(n) = n): 64 rows per step, between the timings of 50 rows (5 ms) and 200 rows (8 ms);
+    the 50-row rate applies: 64 x 5 / 50 = 6.4 ms per step. N = 128: 2 batches; decoding 32 images/s and
+    features 64/s: one batch 2 + 1 s. Per n: 2 x (3 + n x 0.0064); n = 1, 2: 12 + 2 x 3 x 0.0064 s."""
+    from bench.speed import EvalSamplerTiming, FeatureTiming, fid_time_estimate
+
+    cfg, data, model, method = digits_flow_matching("eval.batch_size=64", "eval.num_samples=128")
+    timings = [EvalSamplerTiming("flow_matching", 1, 50, "fp32", 50, 0.005, 0.0, 1.0, None),
+               EvalSamplerTiming("flow_matching", 8, 100, "fp32", 200, 0.008, 0.0, 1.0, None)]
+    feat = FeatureTiming("digits-classifier", (3, 8, 8), 64, 64.0, decode_per_second=32.0)
+    e = fid_time_estimate(method, model, data, cfg, torch.device("cpu"), [1, 2], timings, feat)
+    assert e.estimate.step_seconds == pytest.approx({1: 0.0064, 2: 0.0064})
+    assert (e.decode_seconds, e.feature_seconds) == pytest.approx((2 * 2 * 2.0, 2 * 2 * 1.0))
+    assert e.seconds == pytest.approx(12 + 2 * 3 * 0.0064) and e.floor_seconds is None
+
+
+def test_bench_speed_and_a_run_print_the_one_estimate(tmp_path, monkeypatch):
+    """The FID time `bench speed` prints and the estimate a run prints before it evaluates are both
+    EvalEstimate.seconds: replaced by 4321 s, both show 1.2 h."""
+    from bench.evaluation.evaluate import EvalEstimate, Evaluator
+    from bench.speed import EvalSamplerTiming, FeatureTiming, fid_time_estimate, format_eval
+
+    monkeypatch.setattr(EvalEstimate, "seconds", property(lambda self: 4321.0))
+    cfg, data, model, method = digits_flow_matching("eval.batch_size=50", "eval.num_samples=100", "eval.kid=false",
+                                                    "eval.prc=false")
+    timing = EvalSamplerTiming("flow_matching", 1, 50, "fp32", 50, 0.01, 0.0, 1.0, None)
+    feat = FeatureTiming("digits-classifier", (3, 8, 8), 50, 1000.0)
+    e = fid_time_estimate(method, model, data, cfg, torch.device("cpu"), [1, 8], [timing], feat)
+    assert isinstance(e.estimate, EvalEstimate) and e.seconds == 4321.0
+    row = [ln for ln in format_eval([timing], [("1,8", e)], cfg).splitlines() if ln.startswith("flow_matching ") and "1,8" in ln]
+    assert row and row[0].split()[2:4] == ["1.20", "h"]
+    run = Evaluator(cfg, data, torch.device("cpu"), tmp_path / "cache", progress=False).estimate(method, model, [1, 8])
+    assert run.text().startswith("evaluation estimate: ~1.2 h for 100 samples at each n = 1,8")

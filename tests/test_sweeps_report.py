@@ -9,7 +9,7 @@ import math
 import pytest
 
 from bench.report import collect, swept_table, write_report
-from bench.tracking import Tracker
+from bench.store.tracking import Tracker
 
 
 def add_run(experiment: str, key: str, value, seed: int, fids: dict[int, float]) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BenchError
-from bench.sweep_plan import build_plan
-from bench.sweep_spec import load_sweep
+from bench.sweep.plan import build_plan
+from bench.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = str(Path(sys.executable).with_name("bench"))
@@ -194,7 +194,7 @@ def test_evaluating_a_checkpoint_reproduces_its_run_and_applies_sampling_setting
     from dataclasses import replace
 
     from bench.config import resolve
-    from bench.run import checkpoint_dir, evaluate_checkpoint, execute
+    from bench.train.run import checkpoint_dir, evaluate_checkpoint, execute
 
     cfg = resolve("flow_matching", "digits", TINY + ["model.hidden=64"])
     trained = execute(cfg, "ckpt", progress=False, echo=lambda *a: None)
@@ -216,7 +216,7 @@ def test_evaluating_a_checkpoint_reproduces_its_run_and_applies_sampling_setting
 
 
 def _store_client():
-    from bench.tracking import client
+    from bench.store.tracking import client
 
     return client()
 
@@ -261,7 +261,7 @@ def own_ray_tmp(monkeypatch):
 
 @pytest.mark.slow
 def test_sampling_time_sweep_on_local_ray_trains_once_and_leaves_nothing_running(tmp_path, own_ray_tmp):
-    from bench.tune import run_sweep
+    from bench.sweep.tune import run_sweep
 
     f = write(tmp_path / "w.toml", """
         [keys."method.cfg_scale"]
@@ -297,7 +297,7 @@ def test_sweep_on_a_two_node_cluster_places_trials_on_both(tmp_path, own_ray_tmp
     import ray
     from ray.cluster_utils import Cluster
 
-    from bench.tune import run_sweep
+    from bench.sweep.tune import run_sweep
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": own_ray_tmp, "include_dashboard": False})
     try:
@@ -328,8 +328,8 @@ def test_killed_driver_resumes_unfinished_trials_in_their_own_runs(tmp_path, own
     """A short trial finishes, a long one is mid-training when the driver gets SIGKILL; --resume
     must continue the long one from its last checkpoint in the same MLflow run and leave the
     short one alone."""
-    from bench.run import checkpoint_dir
-    from bench.tracking import client
+    from bench.train.run import checkpoint_dir
+    from bench.store.tracking import client
     import torch
 
     f = write(tmp_path / "steps.toml", """

@@ -24,10 +24,10 @@ import torch
 
 def main() -> None:
     from bench.config import resolve
-    from bench.evaluate import paired_distances
-    from bench.run import prepare
-    from bench.tracking import Tracker
-    from bench.trainer import Trainer
+    from bench.evaluation.evaluate import paired_distances
+    from bench.train.run import prepare
+    from bench.store.tracking import Tracker
+    from bench.train.trainer import Trainer
 
     profile = sys.argv[1] if len(sys.argv) > 1 else "digits"
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 40

@@ -20,10 +20,12 @@ import torch
 
 from bench.config import resolve
 from bench.data import load_dataset
-from bench.evaluate import Evaluator
+from bench.evaluation.evaluate import Evaluator
 from bench.models import build_model
-from bench.speed import _model_overrides
-from bench.trainer import Trainer, pick_device
+from bench.speed.prepare import _model_overrides
+from bench.config import pick_device
+from bench.train.trainer import Trainer
+from bench.classifiers import classifier_for
 from methods import get_method
 
 
@@ -52,6 +54,7 @@ def check(name: str, a, extra: list[str], cache: Path, data):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.shape, data.num_classes)
     method = get_method(name)(cfg.method, data.num_classes, None, train_steps=cfg.train.steps)
+    method.setup(data, device, classifier_for(method, data, device))  # as run.prepare does: a method's classifier is handed in
     tr = Trainer(cfg, method, model, data, device, progress=False)
     t0 = time.perf_counter()
     tr.fit()

@@ -1,0 +1,1 @@
+"""Evaluation: the n-step sampler, metrics (FID, KID, ...), the evaluator and the per-level diagnostics."""

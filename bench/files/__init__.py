@@ -1,0 +1,1 @@
+"""Files bench writes and fetches: atomic checkpoints and hashes, hash-checked downloads, figures."""

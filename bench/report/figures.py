@@ -1,0 +1,238 @@
+"""The report's figures: FID against steps, compute and a swept value; the paired distance against n; the level losses."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.files.plots import axis, pyplot, save
+from bench.report.paired import sort_key as _sort_key, t_interval as mean_ci
+from bench.report.frames import group_title, hue_column
+from bench.report.tables import floors, swept_table, _level_hue, levels_final_table
+
+
+# -- plots ---------------------------------------------------------------------------------
+def _bands(stats: pd.DataFrame) -> tuple[float, float]:
+    """The y range that shows every mean; bands below it are clipped to the axis (a lower
+    t-bound can be <= 0, off a log axis)."""
+    means = stats["mean"][stats["mean"] > 0]
+    lo = float(means.min()) if len(means) else 1e-3
+    hi = float(stats[["mean", "hi"]].max(axis=1).max())
+    return lo / 1.5, hi * 1.3
+
+
+def _interval(values: pd.Series) -> pd.Series:
+    m, h, n = mean_ci(values)
+    return pd.Series({"mean": m, "lo": m - h if n > 1 else m, "hi": m + h if n > 1 else m, "n": n})
+
+
+def _lines(ax, stats: pd.DataFrame, hue: str, x: str, order: list, floor: float) -> None:
+    """One line per hue value with markers, the t-interval as a band clipped at `floor`."""
+    import seaborn as sns
+
+    colours = sns.color_palette("colorblind" if len(order) <= 10 else "husl", len(order))
+    markers = "osD^vP*Xph<>"
+    for i, key in enumerate(order):
+        s = stats[stats[hue] == key].sort_values(x)
+        ax.plot(s[x], s["mean"], marker=markers[i % len(markers)], color=colours[i], label=str(key), lw=1.6, ms=5)
+        if (s["n"] > 1).any():
+            ax.fill_between(s[x], s["lo"].clip(lower=floor), s["hi"], color=colours[i], alpha=0.18, lw=0)
+
+
+def _legend(ax, title: str) -> None:
+    """Outside the axes, right of the data: it never covers a curve."""
+    ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8, title_fontsize=8)
+
+
+def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    plt = pyplot()
+    fid = df[df["metric"] == "fid"]
+    stats = fid.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
+    order = sorted(stats["group"].unique(), key=_sort_key)
+    floor, top = _bands(stats)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    _lines(ax, stats, "group", "steps", order, floor)
+    steps = sorted(fid["steps"].unique())
+    draw_floor(ax, floors(fid), floor, top)
+    axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
+    axis(ax, "y", floor, top)
+    ax.set_ylim(floor, top)
+    space = ", ".join(sorted(fid["feature_space"].unique()))
+    runs = int(stats["n"].max())
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"FID ({space} features)")
+    ax.set_title(f"{title}: {fid['num_samples'].max()} samples per point, up to {runs} run(s) per line"
+                 + (",\nbands: 95 % t-interval over runs" if runs > 1 else ""), fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax, group_title(df))
+    return save(fig, path)
+
+
+def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    """FID against training compute (teacher included), one panel per n in (1, 4, M): each group's
+    mean over its runs, the 95 % t-interval as an error bar."""
+    import seaborn as sns
+
+    plt = pyplot()
+    fid = df[df["metric"] == "fid"]
+    M = int(fid["steps"].max())
+    cols = [s for s in (1, 4, M) if s in set(fid["steps"])]
+    fid = fid[fid["steps"].isin(cols)]
+    stats = fid.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
+    stats = stats.merge(fid.groupby("group", as_index=False)["train_compute"].mean(), on="group")
+    order = sorted(stats["group"].unique(), key=_sort_key)
+    floor, top = _bands(stats)
+    colours = sns.color_palette("colorblind" if len(order) <= 10 else "husl", len(order))
+    markers = "osD^vP*Xph<>"
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 2.2, 3.8), dpi=120, sharey=True, squeeze=False)
+    xs = stats["train_compute"][stats["train_compute"] > 0]
+    xlo, xhi = (float(xs.min()) / 1.3, float(xs.max()) * 1.3) if len(xs) else (1.0, 10.0)
+    for ax, n in zip(axes[0], cols):
+        for i, key in enumerate(order):
+            s = stats[(stats["group"] == key) & (stats["steps"] == n)]
+            if s.empty:
+                continue
+            err = [[max(float(s["mean"].iloc[0] - max(s["lo"].iloc[0], floor)), 0)], [float(s["hi"].iloc[0] - s["mean"].iloc[0])]]
+            ax.errorbar(s["train_compute"], s["mean"], yerr=err if s["n"].iloc[0] > 1 else None, fmt=markers[i % len(markers)],
+                        color=colours[i], label=str(key), ms=6, capsize=3)
+        axis(ax, "x", xlo, xhi)
+        ax.set_xlim(xlo, xhi)
+        axis(ax, "y", floor, top)
+        ax.set_ylim(floor, top)
+        ax.set_title(f"{n} sampling step{'s' if n > 1 else ''}", fontsize=9)
+        ax.set_xlabel("training compute (network rows)")
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].set_ylabel("FID")
+    _legend(axes[0][-1], group_title(df))
+    fig.suptitle(f"{title}: FID against training compute (rows through the network, a backward = 2 forwards, "
+                 f"teacher included)", fontsize=9)
+    return save(fig, path)
+
+
+def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float) -> None:
+    """The fresh-data floor as a dotted line and, where the runs logged it, the band floor ± one
+    perfect-sampler run's sd (fid_floor_fresh_sd), clipped to the axis (lo, hi); one reference set only."""
+    if len(fl) != 1:
+        return
+    f, sd = float(fl["fresh"].iloc[0]), float(fl["fresh_sd"].iloc[0]) if "fresh_sd" in fl else math.nan
+    if not math.isnan(sd) and f - sd < hi and f + sd > lo:
+        ax.axhspan(max(f - sd, lo), min(f + sd, hi), color="0.5", alpha=0.15, lw=0,
+                   label="floor ± sd of one perfect-sampler run")
+    if lo < f < hi:
+        ax.axhline(f, color="0.35", ls=":", lw=1.2, label="floor: new data")
+
+
+def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    """FID against the swept value, one line each for n = 1, 4 and M; mean and 95 % t-interval over seeds."""
+    plt = pyplot()
+    key = hue_column(df)
+    raw = swept_table(df).attrs["raw"]
+    stats = raw.groupby(["at", key])["value"].apply(_interval).unstack().reset_index()
+    floor, top = _bands(stats)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    order = [a for a in ("n = 1", "n = 4", "n = M") if a in set(stats["at"])]
+    numeric = all(isinstance(v, float) for v in stats[key])
+    if not numeric:
+        stats[key] = stats[key].astype(str)
+    _lines(ax, stats, "at", key, order, floor)
+    if numeric:
+        values = sorted(stats[key].unique())
+        if values[0] > 0 and values[-1] / values[0] >= 4:
+            axis(ax, "x", values[0], values[-1], log2_ticks=values)
+    axis(ax, "y", floor, top)
+    ax.set_ylim(floor, top)
+    seeds = int(stats["n"].max())
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"FID ({', '.join(sorted(df['feature_space'].unique()))} features)")
+    ax.set_title(f"{title}: FID against {key}" + (f", mean and 95 % t-interval over up to {seeds} seeds" if seeds > 1 else ""),
+                 fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax, "at")
+    return save(fig, path)
+
+
+# -- the paired distance to the M-step samples (bench.evaluation.evaluate.paired_distances) -----------------
+def plot_paired_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
+    """paired_to_M against n < M (0 at M by construction), one line per group: the mean over its runs
+    with the 95 % t-interval as a band; the feature-space distance in a second panel where logged."""
+    plt = pyplot()
+    metrics = [m for m in ("paired_to_M", "paired_to_M_features") if (df["metric"] == m).any()]
+    order = sorted(df.loc[df["metric"].isin(metrics), "group"].unique(), key=_sort_key)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics) + 1.4, 4.2), dpi=120, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        d = df[(df["metric"] == metric) & (df["value"] > 0)]
+        stats = d.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
+        floor, top = _bands(stats)
+        _lines(ax, stats, "group", "steps", [g for g in order if g in set(stats["group"])], floor)
+        steps = sorted(d["steps"].unique())
+        axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
+        axis(ax, "y", floor, top)
+        ax.set_ylim(floor, top)
+        ax.set_xlabel("sampling steps n")
+        space = "data space" if metric == "paired_to_M" else f"{', '.join(sorted(d['feature_space'].unique()))} features"
+        ax.set_ylabel(f"{metric}: mean squared distance per dimension ({space})", fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    runs = int(df[df["metric"].isin(metrics)].groupby("group")["run_id"].nunique().max())
+    fig.suptitle(f"{title}: each n's samples against the same model's M-step samples from the same noise and labels"
+                 + (f", mean and 95 % t-interval over up to {runs} runs" if runs > 1 else ""), fontsize=9)
+    _legend(axes[0][-1], group_title(df))
+    return save(fig, path)
+
+
+def plot_levels(df: pd.DataFrame, levels: pd.DataFrame, ladder: dict, path: Path, title: str) -> list[Path]:
+    """Left: one panel per ladder group, its loss over training, one line per hue value (mean over
+    runs, 95 % t-band); right: the final losses per group side by side, one bar per hue value."""
+    import numpy as np
+    import seaborn as sns
+
+    plt = pyplot()
+    lv = _level_hue(df, levels)
+    hue = lv.attrs["hue"]
+    hues = sorted(lv["hue"].unique(), key=_sort_key)
+    groups = ladder["groups"]
+    colours = sns.color_palette("colorblind" if len(hues) <= 10 else "husl", len(hues))
+    cols = min(len(groups), 4)
+    rows_ = -(-len(groups) // cols)
+    fig = plt.figure(figsize=(3.3 * cols + 5.5, 2.6 * rows_ + 0.8), dpi=120)
+    gs = fig.add_gridspec(rows_, cols + 2)
+    for i, g in enumerate(groups):
+        ax = fig.add_subplot(gs[i // cols, i % cols])
+        for c, h in zip(colours, hues):
+            sub = lv[(lv["level"] == g) & (lv["hue"] == h)]
+            if sub.empty:
+                continue
+            st = sub.groupby("step")["value"].apply(_interval).unstack().reset_index()
+            ax.plot(st["step"], st["mean"], color=c, lw=1.2, label=str(h))
+            if (st["n"] > 1).any():
+                ax.fill_between(st["step"], st["lo"].clip(lower=st["mean"].min() / 10), st["hi"], color=c, alpha=0.15, lw=0)
+        pos = lv.loc[(lv["level"] == g) & (lv["value"] > 0), "value"]
+        if len(pos):
+            axis(ax, "y", float(pos.min()), float(pos.max()))
+        ax.set_title(ladder["labels"][i], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if i // cols == rows_ - 1:
+            ax.set_xlabel("training step", fontsize=8)
+    final = levels_final_table(df, levels, ladder)
+    ax = fig.add_subplot(gs[:, cols:])
+    width = 0.8 / max(len(hues), 1)
+    x = np.arange(len(groups))
+    for j, (c, h) in enumerate(zip(colours, hues)):
+        sub = final[final[hue] == h].set_index("level").reindex(groups)
+        err = sub["ci95"].where(sub["runs"] > 1)
+        ax.bar(x + (j - (len(hues) - 1) / 2) * width, sub["mean"], width, yerr=err.fillna(0).to_numpy(), color=c,
+               label=str(h), capsize=2)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(ladder["labels"], rotation=45, ha="right", fontsize=7)
+    ax.set_title("final loss per level (last log point)", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    _legend(ax, hue)
+    runs = int(lv.groupby("hue")["run_id"].nunique().max())
+    fig.suptitle(f"{title}: training loss per level (train/loss_<group>), mean over up to {runs} run(s) per line"
+                 + (", 95 % t-bands / bars" if runs > 1 else ""), fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

@@ -1,0 +1,195 @@
+"""What `bench report` reads: the store's finished runs as one frame (a row per run, metric and n), their groups and labels, and the level losses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.evaluation.registry import report_names
+from methods.base import step_cost
+
+
+SWEEP_TAG = "sweep.keys"  # comma-separated config keys a sweep varied; their values are params
+
+
+# params that group runs: the resolved config (settable) and what the harness derived from it
+GROUP_PREFIXES = ("data.", "model.", "train.", "eval.", "method.", "budget.", "classifier.")
+
+
+# per run by nature, never a reason to split a group: the seed (and the evaluation seed derived
+# from it), ids and hashes of a run's own teacher or checkpoint, and paths whose file is
+# identified by a hash param
+PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.checkpoint_step", "eval.checkpoint_ema_sha256",
+           "eval.inception_weights", "method.classifier_weights"}
+
+
+FLOORS = ("fresh", "fresh_se", "fresh_sd", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
+
+
+def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
+    """One row per (finished run, metric, sampling steps) of `experiment`, with the run's group."""
+    from bench.store.tracking import LARGEST_PAGE, RunStore
+
+    store = RunStore.existing(uri)  # reporting never creates a store
+    experiment_id = store.experiment_id(experiment)
+    if experiment_id is None:
+        raise BenchError(f"No experiment {experiment!r} in the tracking store {store.uri}.")
+    metric_names = report_names()  # read now, so a metric registered after this module's import is collected
+    rows = []
+    for run in store.find(experiment_id=experiment_id, status="FINISHED", limit=LARGEST_PAGE):
+        tags, params = run.tags, run.params
+        if tags.get("bench.role") == "teacher":
+            continue  # teachers trained inside a distillation run are reported by their student
+        swept = [k for k in tags.get(SWEEP_TAG, "").split(",") if k]
+        base = {
+            "run_id": run.run_id,
+            "method": tags.get("method", params.get("method", "?")),
+            "dataset": tags.get("dataset", params.get("data.spec", "?")),
+            "profile": tags.get("profile", params.get("profile", "?")),
+            "seed": int(params.get("seed", tags.get("seed", 0))),
+            "num_samples": int(params.get("eval.num_samples", 0)),
+            "feature_space": params.get("eval.feature_space", "?"),
+            "swept": ",".join(swept),
+            "train_examples": float(params.get("budget.train_examples", "nan")),
+            "teacher_examples": float(params.get("budget.teacher_examples", 0) or 0),
+            "train_compute": training_compute(params),
+            # what a perfect sampler scores here (bench.evaluation.metrics.fid_floor); nan for runs before it was logged
+            **{k: run.metrics.get(f"fid_floor_{k}", math.nan) for k in FLOORS},
+            **run_identity(tags, params),
+        }
+        group = {k: v for k, v in params.items() if k.startswith(GROUP_PREFIXES) and k not in PER_RUN}
+        base["config"] = json.dumps({"method": base["method"], "profile": base["profile"], "dataset": base["dataset"],
+                                     **group}, sort_keys=True)
+        for key in metric_names:
+            if key not in run.metrics:
+                continue
+            for m in store.history(run.run_id, key):
+                rows.append({**base, "steps": m.step, "metric": key, "value": m.value})
+    return label_groups(pd.DataFrame(rows))
+
+
+def run_identity(tags: dict[str, str], params: dict[str, str]) -> dict[str, str]:
+    """What metrics.csv records of a run beyond its group, for checking which code made a row and for
+    pairing runs (bench.report.paired): the commit, the evaluation seed, the reference set's fingerprint and
+    the teacher's weights' hash ("" for a method without a teacher)."""
+    return {"git_commit": tags.get("git_commit", ""), "eval_seed": params.get("eval.seed", ""),
+            "reference": params.get("eval.reference_fingerprint", ""), "teacher_sha256": params.get("teacher.ema_sha256", "")}
+
+
+# metrics.csv's columns after the group's: the run's identity and its floor (bench.evaluation.metrics.fid_floor)
+RUN_COLUMNS = ("git_commit", "eval_seed", "reference", "teacher_sha256", *(f"fid_floor_{k}" for k in FLOORS))
+
+
+def _settable() -> set[str]:
+    """Config keys a user sets (bench.toml / --set); the other params are derived from them."""
+    from dataclasses import fields
+
+    from bench import config
+
+    sections = {"data": config.DataConfig, "model": config.ModelConfig, "train": config.TrainConfig,
+                "eval": config.EvalConfig}
+    return {"method", "profile"} | {f"{name}.{f.name}" for name, cls in sections.items() for f in fields(cls)}
+
+
+def group_keys(configs: list[dict[str, str]]) -> list[str]:
+    """The keys that tell the groups apart: method, then every settable key whose value differs
+    between groups that have it (method.* keys: every method's own options are settable; a key only
+    some methods have counts where it differs between runs of one method), then derived keys (data
+    fingerprints, budgets, ...) only where those leave two groups alike."""
+    settable = _settable()
+    keys = sorted({k for c in configs for k in c}, key=lambda k: (k != "method", k != "profile", k))
+
+    def differs(k: str) -> bool:
+        if k.startswith("method.") and not all(k in c for c in configs):
+            # a key only some methods have: it labels a row only where it splits one method's runs
+            # (meanflow's time_sampling = uniform against flow matching's grid says nothing the method does not)
+            by_method: dict[str, set] = {}
+            for c in configs:
+                if k in c:
+                    by_method.setdefault(c.get("method"), set()).add(c[k])
+            return any(len(v) > 1 for v in by_method.values())
+        return len({c[k] for c in configs if k in c}) > 1
+
+    def classes(ks: list[str]) -> int:
+        return len({tuple(c.get(j) for j in ks) for c in configs})
+
+    chosen = [k for k in keys if (k in settable or k.startswith("method.")) and differs(k)]
+    for k in keys:
+        if classes(chosen) == len(configs):
+            break
+        if k not in chosen and classes(chosen + [k]) > classes(chosen):  # it tells two groups apart
+            chosen.append(k)
+    return chosen or ["method"]
+
+
+def label_groups(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds `group` (the values of group_keys, joined: the label of a row and a line) and one
+    column per group key; df.attrs["group_keys"] names them."""
+    if df.empty:
+        return df
+    configs = {c: json.loads(c) for c in df["config"].unique()}
+    keys = group_keys(list(configs.values()))
+    for k in keys:
+        if k not in df.columns:
+            df[k] = df["config"].map(lambda c, k=k: configs[c].get(k))
+    df["group"] = df["config"].map(lambda c: ", ".join(str(configs[c].get(k, "-")) for k in keys))
+    df.attrs["group_keys"] = keys
+    return df
+
+
+def group_title(df: pd.DataFrame) -> str:
+    return ", ".join(df.attrs.get("group_keys") or ["method"])
+
+
+def training_compute(params: dict[str, str]) -> float:
+    """Rows through the network over the whole training, teacher included, a backward counted as two
+    forwards: steps x (forward + 2 backward + no-grad rows per step), from the run's budget.* params."""
+
+    def part(prefix: str) -> float:
+        steps = float(params.get(f"budget.{prefix}train_steps", 0) or 0)
+        rows = {f"{k}_rows": float(params.get(f"budget.{prefix}{k}_rows_per_step", "nan")) for k in ("forward", "backward", "nograd")}
+        return steps * step_cost(rows) if steps else 0.0
+
+    return part("") + part("teacher_")
+
+
+def hue_column(df: pd.DataFrame) -> str:
+    """The key a one-method sweep varies (its values go on an x axis), else `group`."""
+    keys = df.attrs.get("group_keys") or ["method"]
+    if len(keys) != 1 or keys[0] == "method" or keys[0] not in df.columns:
+        return "group"
+    swept = {k for s in df["swept"].unique() for k in s.split(",") if k}
+    numeric = all(isinstance(_numeric(v), float) for v in df[keys[0]].unique())
+    return keys[0] if keys[0] in swept or numeric else "group"  # FID against a dataset name is no curve
+
+
+def _numeric(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+# -- a method's loss ladder over training (bench.evaluation.levels; the runs' loss_ladder param) ------------
+def collect_levels(experiment: str, uri: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """(one row per finished run, ladder group and logged training step: the train/loss_<group> history,
+    the ladder) for the runs of `experiment` that share one loss_ladder; empty when none has one or
+    their ladders differ (several methods)."""
+    from bench.store.tracking import LARGEST_PAGE, RunStore
+
+    store = RunStore.existing(uri)
+    runs = [r for r in store.find(experiment, status="FINISHED", limit=LARGEST_PAGE)
+            if "loss_ladder" in r.params and r.tags.get("bench.role") != "teacher"]
+    ladders = {r.params["loss_ladder"] for r in runs}
+    if len(ladders) != 1:
+        return pd.DataFrame(), {}
+    ladder = json.loads(ladders.pop())
+    rows = []
+    for r in runs:
+        for g in ladder["groups"]:
+            for m in store.history(r.run_id, f"train/loss_{g}"):
+                rows.append({"run_id": r.run_id, "level": g, "step": m.step, "value": m.value})
+    return pd.DataFrame(rows), ladder

@@ -1,0 +1,1 @@
+"""Sweeps on Ray Tune: sweep files, the trial plan, trials."""

@@ -1,0 +1,1 @@
+"""Training: one benchmark run, the trainer loop, teachers for distillation, data-parallel workers."""

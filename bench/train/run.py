@@ -1,0 +1,377 @@
+"""One benchmark run: check inputs, train, evaluate every n, track. Shared by `bench run`, sweeps
+and tests. Everything a user can get wrong is checked before the tracking store is touched."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.classifiers import classifier_for
+from bench.files import checkpoint as ckpt
+from bench.config import Config
+from bench.data import Dataset, load_dataset
+from bench.errors import BenchError
+from bench.evaluation.evaluate import EvalResult, Evaluator, save_picture, save_samples
+from bench.models import build_model, count_parameters
+from bench.store.session import RunSession, checkpoint_dir, config_hash, run_is_live
+from bench.config import pick_device
+from bench.train.trainer import Trainer
+from methods import get_method
+from methods.base import Method
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    artifact_uri: str
+    checkpoint: Path
+    results: dict[int, dict[str, float]] = field(default_factory=dict)  # n -> metrics
+
+
+@dataclass
+class Prepared:
+    """Everything checked and built before anything is written."""
+
+    cfg: Config
+    device: torch.device
+    data: Dataset
+    evaluator: Evaluator
+    method: Method
+    model: torch.nn.Module
+
+
+def prepare(cfg: Config, progress: bool = True, teacher: torch.nn.Module | None = None,
+            device: torch.device | None = None) -> Prepared:
+    """device: None = train.device (a data-parallel worker passes the device Ray Train gave it)."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = device or pick_device(cfg.train.device)
+    data = load_dataset(cfg.data)
+    from bench.store.tracking import store_root
+
+    evaluator = Evaluator(cfg, data, device, store_root() / "cache", progress=progress)
+    method_cls = get_method(cfg.method_name)
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg.model, data.shape, data.num_classes)
+    method = method_cls(cfg.method, data.num_classes, teacher, train_steps=cfg.train.steps)
+    # a method that cannot use these data (or the classifier it distils through) says so before anything is written
+    method.setup(data, device, classifier_for(method, data, device))
+    evaluator.precision = method.eval_precision(evaluator.precision)  # logged as eval.sampling_precision
+    return Prepared(cfg, device, data, evaluator, method, model)
+
+
+def run_params(p: Prepared) -> dict[str, Any]:
+    passes = p.method.passes_per_step(p.cfg.train.batch_size)
+    return {
+        **p.cfg.flat(),
+        **p.evaluator.params(),
+        "eval.weights": p.method.eval_weights,
+        **p.method.run_params(p.cfg.train.batch_size // p.cfg.train.workers),
+        "data.name": p.data.name,
+        "data.size": len(p.data),
+        "data.shape": "x".join(map(str, p.data.shape)),
+        "data.num_classes": p.data.num_classes,
+        "data.fingerprint": p.data.fingerprint(),
+        "model.parameters": count_parameters(p.model),
+        "device": str(p.device),
+        "budget.train_steps": p.cfg.train.steps,
+        "budget.train_examples": p.cfg.train.steps * p.cfg.train.batch_size,
+        **{f"budget.{k}_per_step": v for k, v in passes.items()},
+        "eval.sampling_steps": ",".join(map(str, p.cfg.sampling_steps())),
+        **ladder_params(p.method),
+    }
+
+
+def ladder_params(method: Method) -> dict[str, str]:
+    """`loss_ladder`: the method's ladder of row groups as JSON (groups, labels, base), so that
+    `bench report` draws the train/loss_<group> metrics in order and named without asking the method."""
+    ladder = method.loss_ladder()
+    if ladder is None:
+        return {}
+    return {"loss_ladder": json.dumps({"groups": list(ladder.groups), "labels": list(ladder.labels), "base": ladder.base})}
+
+
+def deviation_text(cfg: Config) -> str:
+    """"levels=quarter_large, bootstrap_weight=8": the method's knobs away from its recipe, or ""."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.method.deviations().items())
+
+
+def deviation_tag(cfg: Config) -> dict[str, str]:
+    text = deviation_text(cfg)
+    return {"method.deviations": text} if text else {}
+
+
+def open_tracker(p: Prepared, experiment: str, run_name: str, extra_tags: dict[str, str] | None,
+                 parent_run_id: str | None, resume_run_id: str | None, uri: str):
+    """The MLflow run of one configuration: its name and the tags every run carries."""
+    from bench.store.tracking import Tracker, git_commit
+
+    cfg = p.cfg
+    return Tracker(
+        experiment,
+        run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
+        tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
+              "git_commit": git_commit(), "config_hash": config_hash(cfg), **deviation_tag(cfg), **(extra_tags or {})},
+        parent_run_id=parent_run_id,
+        resume_run_id=resume_run_id,
+        uri=uri,
+    )
+
+
+def execute(
+    cfg: Config,
+    experiment: str | None = None,
+    *,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    run_name: str = "",
+    extra_tags: dict[str, str] | None = None,
+    extra_params: dict[str, Any] | None = None,
+    progress: bool = True,
+    teacher: torch.nn.Module | None = None,
+    echo=print,
+    on_run=None,
+) -> RunOutcome:
+    """Train and evaluate one configuration; returns the metrics per number of sampling steps.
+
+    on_run(run_id): called once the MLflow run exists (a sweep trial keeps the id in its Ray checkpoint).
+    resume_run_id: continue that run from its last.pt, or from step 0 when it died before its first checkpoint.
+    """
+    from bench.store.tracking import check_reachable, tracking_uri
+
+    experiment = experiment or cfg.profile
+    p = prepare(cfg, progress=progress, teacher=teacher)
+    teacher_plan = None
+    if p.method.needs_teacher:  # check a given teacher now; train one (nested run) once this run exists
+        from bench.train.teachers import TeacherPlan
+
+        teacher_plan = TeacherPlan.check(p, teacher)
+    if p.evaluator.space.extractor is not None:
+        p.evaluator.extractor()  # load the feature extractor now: missing weights fail before training
+    uri = tracking_uri()
+    check_reachable(uri)
+    if cfg.train.workers > 1:  # data parallel (Ray Train): the GPUs / CPUs asked for are checked before anything is written
+        from bench.train.distributed import check_request
+
+        extra_params = {"device": check_request(cfg), **(extra_params or {})}
+
+    resume_state = None
+    if resume_run_id:
+        path = checkpoint_dir(resume_run_id) / "last.pt"
+        resume_state, _ = ckpt.load_latest(path, warn=echo)  # None: died before its first checkpoint
+        # through Config: keys added to the harness since the checkpoint take their defaults
+        if resume_state is not None and Config.from_dict(resume_state["config"]).to_dict() != cfg.to_dict():
+            raise BenchError(f"Run {resume_run_id} was started with another configuration; resume it without new overrides.")
+        if run_is_live(resume_run_id):
+            raise BenchError(f"Run {resume_run_id} is still running in another process.")
+
+    tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
+    with RunSession(tracker) as session:  # --resume never picks a run a live process holds
+        if on_run is not None:
+            on_run(tracker.run_id)
+        if teacher_plan is not None:
+            extra_params = {**teacher_plan.provide(p, tracker, experiment, execute, progress, echo), **(extra_params or {})}
+        tracker.log_params({**run_params(p), **(extra_params or {})})
+        ckpt_path = checkpoint_dir(tracker.run_id) / "last.pt"
+        with tempfile.TemporaryDirectory() as tmp:
+            config_file = Path(tmp) / "config.json"
+            config_file.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+            tracker.log_artifact(config_file)
+        if cfg.train.workers > 1:
+            from bench.train.distributed import fit_data_parallel
+
+            results = fit_data_parallel(p, experiment, tracker.run_id, uri, data_parallel_worker, progress=progress, echo=echo)
+        else:
+            results = train_and_evaluate(p, tracker.run_id, tracker, resume_state, progress=progress, echo=echo)
+        session.status = "FINISHED"
+        return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, ckpt_path, results)
+
+
+def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str, Any] | None = None, *,
+                       progress: bool = True, echo=print, distributed: bool = False) -> dict[int, dict[str, float]]:
+    """Train (from resume_state when given), write final.pt, evaluate at every n; returns n -> metrics.
+
+    Data parallel (distributed=True) every rank calls this; tracker is None on the ranks other than
+    0: they train in lockstep only (no checkpoints, logs or evaluation) and return {}.
+    """
+    cfg = p.cfg
+    main = tracker is not None
+    ckpt_path = checkpoint_dir(run_id) / "last.pt"
+
+    def weights() -> torch.nn.Module:
+        return trainer.model if p.method.eval_weights == "live" else trainer.ema
+
+    def evaluate_during(step: int) -> None:
+        for r in p.evaluator.evaluate_steps(p.method, weights(), cfg.sampling_steps(), cfg.method.M):
+            n = r.num_sampling_steps
+            tracker.log_metrics({f"during/{k}_n{n}": v for k, v in r.metrics.items()}, step)
+
+    ladder = p.method.loss_ladder()
+    watch = None
+    if main and ladder is not None and cfg.train.divergence_points > 0:
+        from bench.evaluation.levels import DivergenceWatch
+
+        watch = DivergenceWatch(ladder, cfg.train.divergence_points)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        tracker.log_metrics(metrics, step)
+        if watch is not None:
+            for group in watch.update(metrics, step):
+                echo(watch.message(group, step))
+                tracker.set_tag("train.diverging_levels", watch.tag())
+
+    trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path if main else None,
+                      log=log if main else None, evaluate=evaluate_during if main else None,
+                      checkpoint_extra=lambda: {"mlflow_run_id": run_id}, progress=progress and main,
+                      distributed=distributed)
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+        if main:
+            echo(f"resuming run {run_id} at step {trainer.step}/{cfg.train.steps} from {ckpt_path}")
+    trainer.fit()
+    by_t = trainer.loss_by_t() if ladder is not None else {}  # data parallel: a collective, every rank takes part
+    if not main:
+        return {}
+    if ladder is not None:
+        from bench.evaluation.levels import log_level_maps
+        from bench.train.trainer import LOSS_BY_T_SHARE
+
+        log_level_maps(tracker, run_id, ladder, by_t, f"{cfg.method_name} on {cfg.data.spec}, seed {cfg.seed}", LOSS_BY_T_SHARE)
+    final = ckpt_path.parent / "final.pt"
+    ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
+               "method": p.method.state_dict(), "step": trainer.step,
+               "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
+    tracker.log_artifact(final, "checkpoint")
+    return evaluate_all(p, weights(), tracker, progress=progress, echo=echo)
+
+
+def data_parallel_worker(config: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """One Ray Train worker (bench.train.distributed runs it): rebuild the run, train in lockstep; rank 0
+    logs, checkpoints, evaluates."""
+    import ray.train
+    import ray.train.torch
+
+    from bench.train.distributed import EchoingTracker
+    from bench.store.tracking import Tracker
+
+    torch.set_num_threads(config["threads"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device() if config["gpus"] else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    cfg = Config.from_dict(config["cfg"])
+    teacher = config["teacher"].to(device) if config["teacher"] is not None else None
+    p = prepare(cfg, progress=False, teacher=teacher, device=device)
+    p.model.load_state_dict(config["model_state"])
+    p.method.load_state_dict(config["method_state"])
+    # a checkpoint of this run exists when resuming or when Ray Train restarts the workers
+    state_path = checkpoint_dir(config["run_id"]) / "last.pt"
+    resume_state = ckpt.load(state_path) if state_path.is_file() else None
+    tracker = None
+    if rank == 0:
+        tracker = Tracker(config["experiment"], resume_run_id=config["run_id"], uri=config["uri"])
+        if config["progress"]:
+            tracker = EchoingTracker(tracker, cfg.train.steps)
+    return train_and_evaluate(p, config["run_id"], tracker, resume_state, progress=False,
+                              echo=lambda s: print(s, flush=True), distributed=True)
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: Path,
+    experiment: str | None = None,
+    *,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    run_name: str = "",
+    extra_tags: dict[str, str] | None = None,
+    extra_params: dict[str, Any] | None = None,
+    progress: bool = True,
+    echo=print,
+    on_run=None,
+) -> RunOutcome:
+    """Evaluate a trained checkpoint's EMA weights (or live ones, Method.eval_weights) under `cfg` without training, in a run with the
+    same metric layout as `execute`: sampling-time settings (flow matching's CFG scale, eval.*) swept
+    on one trained model. `cfg` may differ from the checkpoint's own config only where sampling reads it."""
+    from bench.store.tracking import check_reachable, tracking_uri
+
+    experiment = experiment or cfg.profile
+    state = ckpt.load(checkpoint)
+    trained, wanted = state.get("config", {}), cfg.to_dict()
+    if any(trained.get(k) != wanted[k] for k in ("method_name", "data", "model")):
+        raise BenchError(f"Checkpoint {checkpoint} was trained with another method, model or data; it cannot be evaluated under this configuration.")
+    p = prepare(cfg, progress=progress)
+    if p.evaluator.space.extractor is not None:
+        p.evaluator.extractor()
+    uri = tracking_uri()
+    check_reachable(uri)
+    p.model.load_state_dict(state["model" if p.method.eval_weights == "live" else "ema"])
+    p.method.load_state_dict(state.get("method", {}))
+    model = p.model.to(p.device).requires_grad_(False).eval()
+    tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
+    with RunSession(tracker, lock=False) as session:
+        if on_run is not None:
+            on_run(tracker.run_id)
+        tracker.log_params({**run_params(p), "eval.checkpoint": str(checkpoint), "eval.checkpoint_step": state.get("step", ""),
+                            "eval.checkpoint_ema_sha256": state.get("ema_sha256", ""), **(extra_params or {})})
+        results = evaluate_all(p, model, tracker, progress=progress, echo=echo)
+        session.status = "FINISHED"
+        return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, Path(checkpoint), results)
+
+
+def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = True, echo=print) -> dict[int, dict[str, float]]:
+    """Every n in the config's sampling steps: metrics (step = n), samples and a picture as artifacts."""
+    from tqdm import tqdm
+
+    results: dict[int, dict[str, float]] = {}
+    ref = p.evaluator.reference_features() if p.data.kind == "points" else None
+    steps = p.cfg.sampling_steps()
+    echo(p.evaluator.estimate(p.method, ema, steps).text())
+    with tempfile.TemporaryDirectory() as tmp:
+        # n = M first, then M/2, ..., 1: every n's paired_to_M (paired_to_2n) compares its samples with the
+        # M-step (2n-step) ones from the same noise
+        for r in tqdm(p.evaluator.evaluate_steps(p.method, ema, steps, p.cfg.method.M), total=len(steps),
+                      desc="evaluate", unit="n", disable=not progress):
+            n = r.num_sampling_steps
+            results[n] = r.metrics
+            r.samples = r.samples[: p.cfg.eval.save_samples]
+            r.labels = r.labels[: p.cfg.eval.save_samples] if r.labels is not None else None
+            tracker.log_artifact(save_samples(r, Path(tmp) / f"steps_{n}.npz"), "samples")
+            kind = "grids" if p.data.kind == "images" else "scatter"
+            tracker.log_artifact(save_picture(r, p.data, Path(tmp) / f"steps_{n}.png", ref), kind)
+    for n in sorted(results):  # into the store in the order of n (MLflow's history keeps the order of logging)
+        tracker.log_metrics(results[n], step=n)
+    tracker.log_fid_curve(results, f"{p.cfg.method_name} on {p.cfg.data.spec}, seed {p.cfg.seed}, "
+                                   f"{p.cfg.eval.num_samples} samples per n")
+    floor = p.evaluator.fid_floor()
+    if floor:
+        tracker.log_metrics(floor, step=0)
+        echo(f"FID floor at {p.cfg.eval.num_samples} samples against the {len(p.evaluator.reference)} reference "
+             f"{'images' if p.data.kind == 'images' else 'rows'}: {floor['fid_floor_fresh']:.3g} for new data from their distribution "
+             f"(sd of one such run {floor['fid_floor_fresh_sd']:.2g}; s.e. of this mean {floor['fid_floor_fresh_se']:.1g}), "
+             f"{floor['fid_floor_copy']:.3g} for copies of them (metrics fid_floor_*)")
+    return dict(sorted(results.items()))
+
+
+def format_table(results: dict[int, dict[str, float]]) -> str:
+    """Metrics against sampling steps as a fixed-width text table: the registry's table columns
+    (bench/evaluation/registry.py) that any n has, in their order and format."""
+    from bench.evaluation.registry import table_columns
+
+    columns = [c for c in table_columns() if any(c.name in m for m in results.values())]
+    head = f"{'steps':>6} " + " ".join(f"{c.name:>10}" for c in columns)
+    lines = [head, "-" * len(head)]
+    for n in sorted(results):
+        lines.append(f"{n:>6} " + " ".join(f"{results[n].get(c.name, math.nan):>10{c.column}}" for c in columns))
+    return "\n".join(lines)
+
+
+
