@@ -9,8 +9,13 @@
 # sampling are the same model), so the PD pair runs at W (default 1.5, the imagenet256 profile's).
 #
 # Usage: scripts/issue23_runs.sh [--seeds "0 1 2"] [--experiment digits-issue23] [--cfg-scale 1.5]
-#                                [--profile digits] [--dry-run]
+#                                [--profile digits] [--teachers-from EXPERIMENT] [--threads N]
+#                                [--out DIR] [--dry-run]
 # --dry-run prints the commands (teacher ids as FM_<seed>) and runs nothing.
+# --teachers-from EXPERIMENT: no new teachers; each seed distils from the newest finished flow-matching
+#   run of that seed in EXPERIMENT (the committed digits-regen rows: --experiment digits-regen
+#   --teachers-from digits-regen --threads 1 --out results/digits-regen, after scripts/regenerate_digits.sh).
+# --threads N: train.threads of every run; --out DIR: the report's folder.
 # BENCH overrides the command (default: python -m bench.cli, run from the repository root).
 set -euo pipefail
 
@@ -18,6 +23,9 @@ SEEDS="0 1 2"
 EXPERIMENT="digits-issue23"
 CFG_SCALE="1.5"
 PROFILE="digits"
+TEACHERS_FROM=""
+THREADS=""
+OUT=""
 DRY_RUN=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -25,11 +33,28 @@ while [ $# -gt 0 ]; do
         --experiment) EXPERIMENT="$2"; shift 2 ;;
         --cfg-scale) CFG_SCALE="$2"; shift 2 ;;
         --profile) PROFILE="$2"; shift 2 ;;
+        --teachers-from) TEACHERS_FROM="$2"; shift 2 ;;
+        --threads) THREADS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         *) echo "issue23_runs.sh: unknown argument $1 (see the usage at the top of the script)" >&2; exit 2 ;;
     esac
 done
 BENCH="${BENCH:-python -m bench.cli}"
+PYTHON="${PYTHON:-python}"
+if [ -n "$THREADS" ] && ! [[ "$THREADS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "issue23_runs.sh: --threads takes a positive integer, got '$THREADS'" >&2; exit 2
+fi
+
+teacher_of() {  # the newest finished flow-matching run of seed $1 in experiment $2
+    $PYTHON - "$2" "$1" <<'EOF'
+import sys
+from bench.store.tracking import RunStore
+runs = RunStore.existing().find(sys.argv[1], tags={"method": "flow_matching"}, params={"seed": sys.argv[2]},
+                                status="FINISHED", newest_first=True)
+print(runs[0].run_id if runs else "")
+EOF
+}
 
 bench_run() {  # bench_run ARGS...: print the command; run it unless --dry-run; its run id in LAST_RUN_ID
     echo "$BENCH run $*"
@@ -49,15 +74,28 @@ bench_run() {  # bench_run ARGS...: print the command; run it unless --dry-run; 
 
 for S in $SEEDS; do
     COMMON=(-p "$PROFILE" -e "$EXPERIMENT" --seed "$S")
-    LAST_RUN_ID="FM_$S"
-    bench_run -m flow_matching "${COMMON[@]}"
-    TEACHER="$LAST_RUN_ID"
+    [ -n "$THREADS" ] && COMMON+=(--set "train.threads=$THREADS")
+    if [ -z "$TEACHERS_FROM" ]; then
+        LAST_RUN_ID="FM_$S"
+        bench_run -m flow_matching "${COMMON[@]}"
+        TEACHER="$LAST_RUN_ID"
+    elif [ "$DRY_RUN" = 1 ]; then
+        TEACHER="FM_$S"
+    else
+        TEACHER=$(teacher_of "$S" "$TEACHERS_FROM")
+        if [ -z "$TEACHER" ]; then
+            echo "issue23_runs.sh: no finished flow_matching run of seed $S in experiment $TEACHERS_FROM" >&2
+            exit 1
+        fi
+    fi
     bench_run -m progressive "${COMMON[@]}" --set "teacher=$TEACHER" --set "cfg_scale=$CFG_SCALE" --set cfg=baked
     bench_run -m progressive "${COMMON[@]}" --set "teacher=$TEACHER" --set "cfg_scale=$CFG_SCALE" --set cfg=sampling
     bench_run -m cfd "${COMMON[@]}" --set "teacher=$TEACHER" --set final_steps=4
     bench_run -m rdd "${COMMON[@]}" --set "teacher=$TEACHER" --set final_steps=4
 done
-echo "$BENCH report -e $EXPERIMENT"
+REPORT=(report -e "$EXPERIMENT")
+[ -n "$OUT" ] && REPORT+=(--out "$OUT")
+echo "$BENCH ${REPORT[*]}"
 if [ "$DRY_RUN" = 0 ]; then
-    $BENCH report -e "$EXPERIMENT"
+    $BENCH "${REPORT[@]}"
 fi

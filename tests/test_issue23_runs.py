@@ -57,3 +57,39 @@ def test_first_command_parses_and_every_run_resolves():
 def test_unknown_argument_exits_2():
     out = subprocess.run(["bash", str(SCRIPT), "--seed", "0"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown argument --seed" in out.stderr and out.stdout == ""
+
+
+def test_teachers_from_distils_from_that_experiments_flow_matching_run_of_each_seed(tmp_path, monkeypatch):
+    """--teachers-from looks each seed's teacher up in the store (no new flow-matching run); a seed with
+    none stops the script with exit 1 before anything else of that seed runs."""
+    import sys
+
+    from bench.store.tracking import Tracker
+
+    monkeypatch.setenv("BENCH_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ids = {}
+    for seed, status in ((0, "FINISHED"), (0, "FAILED"), (1, "FINISHED")):
+        t = Tracker("digits-regen", tags={"method": "flow_matching"})
+        t.log_params({"method": "flow_matching", "seed": seed})
+        t.end(status)
+        if status == "FINISHED":
+            ids[seed] = t.run_id
+    stub = tmp_path / "bench.sh"  # prints what `bench run` prints, records its arguments
+    stub.write_text(f'echo "$@" >> {tmp_path}/calls\necho "run abc123 in experiment \'x\' at somewhere"\n')
+    env = {"BENCH": f"bash {stub}", "PYTHON": sys.executable, "PYTHONPATH": str(SCRIPT.parent.parent),
+           "BENCH_STORE": str(tmp_path / "store"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(["bash", str(SCRIPT), "--seeds", "0 1", "--experiment", "digits-i23", "--teachers-from",
+                          "digits-regen", "--threads", "1", "--out", "o"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    assert len(calls) == 2 * 4 + 1 and not any("flow_matching" in c for c in calls)
+    for s in (0, 1):
+        for c in calls[4 * s: 4 * s + 4]:
+            assert f"teacher={ids[s]}" in c and "train.threads=1" in c and c[c.index("--seed") + 1] == str(s), c
+    assert calls[-1] == ["report", "-e", "digits-i23", "--out", "o"]
+    (tmp_path / "calls").unlink()
+    missing = subprocess.run(["bash", str(SCRIPT), "--seeds", "1 2", "--teachers-from", "digits-regen"],
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 1 and "no finished flow_matching run of seed 2" in missing.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == 4  # seed 1's runs, nothing of seed 2
