@@ -3,7 +3,7 @@ and a run whose EMA, samples or one metric point differs fails."""
 
 from __future__ import annotations
 
-import subprocess
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -37,21 +37,37 @@ def make_store(path: Path, monkeypatch, loss=(1.0, 0.5), ema=0.0, sample=0.0, te
     t.end("FINISHED")
 
 
-def compare(a: Path, b: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "same_seed.py"), str(a), str(b)],
-                          capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+def load_script():
+    spec = importlib.util.spec_from_file_location("same_seed", ROOT / "scripts" / "same_seed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_identical_runs_pass_and_any_difference_fails(tmp_path, monkeypatch):
+class Compared:
+    def __init__(self, returncode: int, stdout: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, ""
+
+
+def compare(a: Path, b: Path, monkeypatch, capsys) -> Compared:
+    """The script's main() in this process (each store is named by its own sqlite URI, not the environment)."""
+    monkeypatch.setattr(sys, "argv", ["same_seed.py", str(a), str(b)])
+    capsys.readouterr()
+    rc = load_script().main()
+    return Compared(rc, capsys.readouterr().out)
+
+
+def test_identical_runs_pass_and_any_difference_fails(tmp_path, monkeypatch, capsys):
     make_store(tmp_path / "a", monkeypatch)
     make_store(tmp_path / "b", monkeypatch)
     make_store(tmp_path / "loss", monkeypatch, loss=(1.0, 0.5000001))
     make_store(tmp_path / "ema", monkeypatch, ema=1e-7)
     make_store(tmp_path / "samples", monkeypatch, sample=1e-7)
-    same = compare(tmp_path / "a", tmp_path / "b")
+    monkeypatch.setenv("BENCH_STORE", str(tmp_path / "elsewhere"))  # the script must read the stores it is given
+    same = compare(tmp_path / "a", tmp_path / "b", monkeypatch, capsys)
     assert same.returncode == 0 and "every method identical" in same.stdout, same.stdout + same.stderr
     assert "| progressive |" in same.stdout and "flow_matching" not in same.stdout  # the nested teacher is left out
     for changed in ("loss", "ema", "samples"):
-        out = compare(tmp_path / "a", tmp_path / changed)
+        out = compare(tmp_path / "a", tmp_path / changed, monkeypatch, capsys)
         assert out.returncode == 1 and "DIFFERENT" in out.stdout, (changed, out.stdout + out.stderr)
-    assert "differs: train/loss at step 1" in compare(tmp_path / "a", tmp_path / "loss").stdout
+    assert "differs: train/loss at step 1" in compare(tmp_path / "a", tmp_path / "loss", monkeypatch, capsys).stdout
