@@ -47,13 +47,7 @@ if [ -n "$THREADS" ] && ! [[ "$THREADS" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 teacher_of() {  # the newest finished flow-matching run of seed $1 in experiment $2
-    $PYTHON - "$2" "$1" <<'EOF'
-import sys
-from bench.store.tracking import RunStore
-runs = RunStore.existing().find(sys.argv[1], tags={"method": "flow_matching"}, params={"seed": sys.argv[2]},
-                                status="FINISHED", newest_first=True)
-print(runs[0].run_id if runs else "")
-EOF
+    $PYTHON "$(dirname "$0")/teacher_of.py" "$2" "$1"
 }
 
 bench_run() {  # bench_run ARGS...: print the command; run it unless --dry-run; its run id in LAST_RUN_ID

@@ -94,13 +94,7 @@ declare -A TEACHER
 skipping=$([[ -n "$FROM" ]] && echo 1 || echo 0)
 
 teacher_of() {  # the finished flow-matching run of seed $1 in the experiment (for --from after a stop)
-  $PYTHON - "$EXPERIMENT" "$1" <<'EOF'
-import sys
-from bench.store.tracking import RunStore
-runs = RunStore.existing().find(sys.argv[1], tags={"method": "flow_matching"}, params={"seed": sys.argv[2]},
-                                status="FINISHED", newest_first=True)
-print(runs[0].run_id if runs else "")
-EOF
+  $PYTHON "$(dirname "$0")/teacher_of.py" "$EXPERIMENT" "$1"
 }
 
 for c in "${CONFIGS[@]}"; do
