@@ -13,8 +13,8 @@
 #                                [--out DIR] [--dry-run]
 # --dry-run prints the commands (teacher ids as FM_<seed>) and runs nothing.
 # --teachers-from EXPERIMENT: no new teachers; each seed distils from the newest finished flow-matching
-#   run of that seed in EXPERIMENT (the committed digits-regen rows: --experiment digits-regen
-#   --teachers-from digits-regen --threads 1 --out results/digits-regen, after scripts/regenerate_digits.sh).
+#   run of that seed in EXPERIMENT (the committed results/digits rows: --experiment digits-regen
+#   --teachers-from digits-regen --threads 1 --out results/digits, after scripts/regenerate_digits.sh).
 # --threads N: train.threads of every run; --out DIR: the report's folder.
 # BENCH overrides the command (default: python -m bench.cli, run from the repository root).
 set -euo pipefail
