@@ -48,7 +48,9 @@ def run(
     if address:
         raise BenchError("--address runs a sweep on a Ray cluster; add --sweep NAME.")
     from bench.config import resolve
+    from bench.phases import count_process_start
 
+    count_process_start()  # this process is one run: its phases include the interpreter's start and imports
     cfg = resolve(method, profile, set_, data_spec=data, seed=seed, config_path=config)
     from bench.train.run import deviation_text, execute
     from bench.store.session import find_unfinished_run

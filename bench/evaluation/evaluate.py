@@ -24,6 +24,7 @@ from bench.files.checkpoint import atomic_write
 from bench.config import Config
 from bench.data import Dataset
 from bench.errors import RunFailed
+from bench.phases import span
 from bench.evaluation.sampling import EvalModel, NFECounter, draw_labels, generate, precision_context, resolve_precision, sample
 from methods.base import Method
 
@@ -183,10 +184,11 @@ class Evaluator:
 
         fe = self.extractor()
         t0 = time.perf_counter()
-        fd = get_featuresdict_from_dataset(M.ReferenceImages(self.reference), fe, self.cfg.eval.batch_size,
-                                           self.device.type == "cuda", save_cpu_ram=True, verbose=self.progress)
-        feats = next(iter(fd.values())).double().numpy()
-        atomic_write(path, lambda fh: np.savez(fh, features=feats))
+        with span("reference_features"):
+            fd = get_featuresdict_from_dataset(M.ReferenceImages(self.reference), fe, self.cfg.eval.batch_size,
+                                               self.device.type == "cuda", save_cpu_ram=True, verbose=self.progress)
+            feats = next(iter(fd.values())).double().numpy()
+            atomic_write(path, lambda fh: np.savez(fh, features=feats))
         if self.progress:
             print(f"reference features: {len(feats)} x {feats.shape[1]} in {time.perf_counter() - t0:.1f}s -> {path}")
         self._ref_feats = feats
@@ -343,14 +345,20 @@ class Evaluator:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         bar = tqdm(total=N, desc=f"sample{'+features' if images else ''} n={n}", unit="img" if images else "pt",
                    disable=not self.progress, leave=False)
-        for x, y in generate(method, model, self.data.shape, self.data.num_classes, self.data.label_probs(),
-                             N, ec.batch_size, n, self.seed, self.device, pad=pad):
+        batches = generate(method, model, self.data.shape, self.data.num_classes, self.data.label_probs(),
+                           N, ec.batch_size, n, self.seed, self.device, pad=pad)
+        while True:
+            with span(f"sampling/n{n}"):
+                x, y = next(batches, (None, None))
+            if x is None:
+                break
             bad |= ~torch.isfinite(x).all()
             if have < keep:
                 kept_x.append(x[: keep - have].float())
                 kept_y.append(y[: keep - have])
                 have += len(kept_x[-1])
-            feats.append(self.features(self.images(x)) if images else x.float().reshape(len(x), -1))
+            with span(f"features/n{n}"):
+                feats.append(self.features(self.images(x)) if images else x.float().reshape(len(x), -1))
             bar.update(len(x))
         bar.close()
         if bad.item():

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from bench.evaluation import metrics as M
+from bench.phases import span
 
 STAGES = ("features", "sampler", "samples", "paired")
 
@@ -235,7 +236,8 @@ def measure(stage: str, inputs: Any) -> dict[str, float]:
     for m in REGISTRY:
         if m.needs != stage:
             continue
-        values = m.compute(inputs)
+        with span(f"metric/{m.key}"):
+            values = m.compute(inputs)
         undeclared = set(values) - {n.name for n in m.names}
         if undeclared:
             raise RuntimeError(f"Metric {m.key!r} wrote {', '.join(sorted(undeclared))}, which it does not declare.")

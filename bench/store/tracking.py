@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.phases import span
 
 STORE_ENV = "BENCH_STORE"
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces); this value opens the runs
@@ -168,6 +169,10 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
+        with span("mlflow_writes"):
+            self._log_params(params, Param)
+
+    def _log_params(self, params: dict[str, Any], Param) -> None:
         existing = self.client.get_run(self.run_id).data.params
         items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), 100):
@@ -184,8 +189,9 @@ class Tracker:
                 continue  # already in the store (from before a resume)
             items.append(Metric(k, float(v), now, int(step)))
             seen.add(int(step))
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        with span("mlflow_writes"):
+            for i in range(0, len(items), 1000):
+                self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
     def log_fid_curve(self, results: dict[int, dict[str, float]], title: str) -> None:
         """FID against n readable in MLflow's UI: `fid_by_log2_steps` at step = log2(n) (n a power of
@@ -202,17 +208,22 @@ class Tracker:
         from bench.files.plots import plot_run_curve
 
         with tempfile.TemporaryDirectory() as tmp:
-            for path in plot_run_curve(fid, Path(tmp) / "fid_vs_steps.png", title):
+            with span("plots"):
+                paths = plot_run_curve(fid, Path(tmp) / "fid_vs_steps.png", title)
+            for path in paths:
                 self.log_artifact(path, "plots")
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        with span("mlflow_writes"):
+            self.client.set_tag(self.run_id, key, value)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        with span("mlflow_writes"):
+            self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        with span("mlflow_writes"):
+            self.client.set_terminated(self.run_id, status=status)
 
 
 class NotInStore(BenchError):

@@ -17,6 +17,7 @@ from bench.files import checkpoint as ckpt
 from bench.config import Config
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
+from bench.phases import PhaseClock, recording, span
 from bench.evaluation.evaluate import EvalResult, Evaluator, save_picture, save_samples
 from bench.models import build_model, count_parameters
 from bench.store.session import RunSession, checkpoint_dir, config_hash, run_is_live
@@ -144,20 +145,40 @@ def execute(
 
     on_run(run_id): called once the MLflow run exists (a sweep trial keeps the id in its Ray checkpoint).
     resume_run_id: continue that run from its last.pt, or from step 0 when it died before its first checkpoint.
+    The run's wall time by phase goes to its artifacts as phases.json (bench.phases) and is printed.
     """
+    clock = PhaseClock()
+    with recording(clock):
+        return _execute(cfg, experiment or cfg.profile, clock, resume_run_id=resume_run_id, parent_run_id=parent_run_id,
+                        run_name=run_name, extra_tags=extra_tags, extra_params=extra_params, progress=progress,
+                        teacher=teacher, echo=echo, on_run=on_run)
+
+
+def log_phases(tracker, clock: PhaseClock, echo=print) -> None:
+    """phases.json (the clock's rows) into the run's artifacts, and the table printed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "phases.json"
+        path.write_text(json.dumps(clock.rows(), indent=1))
+        tracker.log_artifact(path)
+    echo("wall time by phase (phases.json in the run's artifacts):\n" + clock.text())
+
+
+def _execute(cfg: Config, experiment: str, clock: PhaseClock, *, resume_run_id, parent_run_id, run_name, extra_tags,
+             extra_params, progress, teacher, echo, on_run) -> RunOutcome:
     from bench.store.tracking import check_reachable, tracking_uri
 
-    experiment = experiment or cfg.profile
-    p = prepare(cfg, progress=progress, teacher=teacher)
+    with span("setup"):
+        p = prepare(cfg, progress=progress, teacher=teacher)
     teacher_plan = None
     if p.method.needs_teacher:  # check a given teacher now; train one (nested run) once this run exists
         from bench.train.teachers import TeacherPlan
 
         teacher_plan = TeacherPlan.check(p, teacher)
-    if p.evaluator.space.extractor is not None:
-        p.evaluator.extractor()  # load the feature extractor now: missing weights fail before training
-    uri = tracking_uri()
-    check_reachable(uri)
+    with span("setup"):
+        if p.evaluator.space.extractor is not None:
+            p.evaluator.extractor()  # load the feature extractor now: missing weights fail before training
+        uri = tracking_uri()
+        check_reachable(uri)
     if cfg.train.workers > 1:  # data parallel (Ray Train): the GPUs / CPUs asked for are checked before anything is written
         from bench.train.distributed import check_request
 
@@ -173,13 +194,17 @@ def execute(
         if run_is_live(resume_run_id):
             raise BenchError(f"Run {resume_run_id} is still running in another process.")
 
-    tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
+    with span("mlflow_writes"):  # the run's creation (and the store's, on first use)
+        tracker = open_tracker(p, experiment, run_name, extra_tags, parent_run_id, resume_run_id, uri)
     with RunSession(tracker) as session:  # --resume never picks a run a live process holds
         if on_run is not None:
             on_run(tracker.run_id)
         if teacher_plan is not None:
-            extra_params = {**teacher_plan.provide(p, tracker, experiment, execute, progress, echo), **(extra_params or {})}
-        tracker.log_params({**run_params(p), **(extra_params or {})})
+            with span("teacher"):  # a nested run with its own phases
+                extra_params = {**teacher_plan.provide(p, tracker, experiment, execute, progress, echo), **(extra_params or {})}
+        with span("setup"):
+            params = {**run_params(p), **(extra_params or {})}
+        tracker.log_params(params)
         ckpt_path = checkpoint_dir(tracker.run_id) / "last.pt"
         with tempfile.TemporaryDirectory() as tmp:
             config_file = Path(tmp) / "config.json"
@@ -191,6 +216,7 @@ def execute(
             results = fit_data_parallel(p, experiment, tracker.run_id, uri, data_parallel_worker, progress=progress, echo=echo)
         else:
             results = train_and_evaluate(p, tracker.run_id, tracker, resume_state, progress=progress, echo=echo)
+        log_phases(tracker, clock, echo)
         session.status = "FINISHED"
         return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, ckpt_path, results)
 
@@ -228,10 +254,11 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
                 echo(watch.message(group, step))
                 tracker.set_tag("train.diverging_levels", watch.tag())
 
-    trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path if main else None,
-                      log=log if main else None, evaluate=evaluate_during if main else None,
-                      checkpoint_extra=lambda: {"mlflow_run_id": run_id}, progress=progress and main,
-                      distributed=distributed)
+    with span("setup"):  # the optimiser's first use imports much of torch
+        trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path if main else None,
+                          log=log if main else None, evaluate=evaluate_during if main else None,
+                          checkpoint_extra=lambda: {"mlflow_run_id": run_id}, progress=progress and main,
+                          distributed=distributed)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         if main:
@@ -244,11 +271,13 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
         from bench.evaluation.levels import log_level_maps
         from bench.train.trainer import LOSS_BY_T_SHARE
 
-        log_level_maps(tracker, run_id, ladder, by_t, f"{cfg.method_name} on {cfg.data.spec}, seed {cfg.seed}", LOSS_BY_T_SHARE)
+        with span("level_maps"):
+            log_level_maps(tracker, run_id, ladder, by_t, f"{cfg.method_name} on {cfg.data.spec}, seed {cfg.seed}", LOSS_BY_T_SHARE)
     final = ckpt_path.parent / "final.pt"
-    ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
-               "method": p.method.state_dict(), "step": trainer.step,
-               "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
+    with span("final_checkpoint"):
+        ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
+                   "method": p.method.state_dict(), "step": trainer.step,
+                   "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
     tracker.log_artifact(final, "checkpoint")
     return evaluate_all(p, weights(), tracker, progress=progress, echo=echo)
 
@@ -332,9 +361,12 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
     from tqdm import tqdm
 
     results: dict[int, dict[str, float]] = {}
-    ref = p.evaluator.reference_features() if p.data.kind == "points" else None
+    with span("reference_features"):
+        ref = p.evaluator.reference_features() if p.data.kind == "points" else None
     steps = p.cfg.sampling_steps()
-    echo(p.evaluator.estimate(p.method, ema, steps).text())
+    with span("eval_estimate", absorb=True):  # a timing pass: its sampling and distances are its own cost
+        estimate = p.evaluator.estimate(p.method, ema, steps)
+    echo(estimate.text())
     with tempfile.TemporaryDirectory() as tmp:
         # n = M first, then M/2, ..., 1: every n's paired_to_M (paired_to_2n) compares its samples with the
         # M-step (2n-step) ones from the same noise
@@ -344,14 +376,16 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
             results[n] = r.metrics
             r.samples = r.samples[: p.cfg.eval.save_samples]
             r.labels = r.labels[: p.cfg.eval.save_samples] if r.labels is not None else None
-            tracker.log_artifact(save_samples(r, Path(tmp) / f"steps_{n}.npz"), "samples")
-            kind = "grids" if p.data.kind == "images" else "scatter"
-            tracker.log_artifact(save_picture(r, p.data, Path(tmp) / f"steps_{n}.png", ref), kind)
+            with span("samples_and_pictures"):
+                files = save_samples(r, Path(tmp) / f"steps_{n}.npz"), save_picture(r, p.data, Path(tmp) / f"steps_{n}.png", ref)
+            tracker.log_artifact(files[0], "samples")
+            tracker.log_artifact(files[1], "grids" if p.data.kind == "images" else "scatter")
     for n in sorted(results):  # into the store in the order of n (MLflow's history keeps the order of logging)
         tracker.log_metrics(results[n], step=n)
     tracker.log_fid_curve(results, f"{p.cfg.method_name} on {p.cfg.data.spec}, seed {p.cfg.seed}, "
                                    f"{p.cfg.eval.num_samples} samples per n")
-    floor = p.evaluator.fid_floor()
+    with span("fid_floor"):
+        floor = p.evaluator.fid_floor()
     if floor:
         tracker.log_metrics(floor, step=0)
         echo(f"FID floor at {p.cfg.eval.num_samples} samples against the {len(p.evaluator.reference)} reference "

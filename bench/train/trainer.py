@@ -19,6 +19,7 @@ from bench.files import checkpoint
 from bench.config import Config, TrainConfig
 from bench.data import Dataset
 from bench.errors import BenchError, NonFiniteLoss
+from bench.phases import span
 from methods.base import Batch, Method
 
 
@@ -273,7 +274,8 @@ class Trainer:
                 f"mean loss parts over steps {self.step - self._acc_n + 1}-{self.step}: {parts}. "
                 f"The last good checkpoint is kept."
             )
-        self.log({f"train/{k}": v for k, v in means.items()}, self.step)
+        with span("train_logging"):
+            self.log({f"train/{k}": v for k, v in means.items()}, self.step)
         self._acc, self._acc_cnt, self._acc_n = {}, {}, 0
         self._last_means = means
 
@@ -299,6 +301,14 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True, mininterval=0.5)
         self._last_means: dict[str, float] = {}
         t0, s0 = time.perf_counter(), self.step
+        with span("train_steps"):
+            self._loop(bar, t0, s0)
+        bar.close()
+        self._flush()
+        return self._last_means
+
+    def _loop(self, bar, t0: float, s0: int) -> None:
+        tc = self.cfg.train
         while self.step < tc.steps:
             self.run_steps(1)
             last = self.step == tc.steps
@@ -310,16 +320,15 @@ class Trainer:
                 self._flush()
                 rank_rng = self._gather_rank_rng() if self.world_size > 1 else None  # collective: all ranks take part
                 if self.checkpoint_path:
-                    checkpoint.save_rotating(self.state_dict(rank_rng), self.checkpoint_path)
+                    with span("checkpoints"):
+                        checkpoint.save_rotating(self.state_dict(rank_rng), self.checkpoint_path)
             if (self.evaluate or self.world_size > 1) and tc.eval_every and self.step % tc.eval_every == 0 and not last:
                 self._flush()  # under DDP a collective: ranks without the evaluate hook flush here too
                 if self.evaluate:
-                    self.evaluate(self.step)  # the other ranks wait at their next collective
+                    with span("eval_during"):
+                        self.evaluate(self.step)  # the other ranks wait at their next collective
                     self.model.train()
             bar.update(1)
-        bar.close()
-        self._flush()
-        return self._last_means
 
     # -- checkpoints ----------------------------------------------------------------
     def _gather_rank_rng(self) -> list[tuple[Tensor, Tensor]]:
