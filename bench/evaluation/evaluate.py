@@ -131,6 +131,7 @@ class Evaluator:
         self.progress = progress
         self.precision = resolve_precision(cfg.eval.precision, device)
         self._ref_feats: np.ndarray | None = None
+        self._ref_cache: dict = {}  # what the metrics derive from the reference features alone, kept across n
         self._extractor = None
         self._eval_model: tuple[nn.Module, EvalModel] | None = None
 
@@ -375,8 +376,9 @@ class Evaluator:
     def _distances(self, feats_device: Tensor, ref: np.ndarray) -> dict[str, float]:
         """The registry's feature metrics. feats_device: (N, D) features on the device; ref: (N_ref, D)
         float64 on the host."""
+        cache = self._ref_cache if ref is self._ref_feats else {}  # the estimate's stand-ins are not the reference
         return registry.measure("features", registry.FeatureInputs(feats_device, ref, self.space.extractor is not None,
-                                                                   self.cfg.eval, self.seed, self.device))
+                                                                   self.cfg.eval, self.seed, self.device, cache))
 
 
 # ----------------------------------------------------------------------------- pictures

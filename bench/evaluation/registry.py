@@ -20,7 +20,7 @@ from the reference set alone and cached on disk, which the report reads as colum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
@@ -64,7 +64,9 @@ class Metric:
 class FeatureInputs:
     """features: (N, D) on the device (image features, or the samples' own flattened values);
     reference: (N_ref, D) float64 on the host; images: whether the features come from an extractor;
-    eval: the config's eval section (fid_backend, kid, prc); seed: the evaluation seed."""
+    eval: the config's eval section (fid_backend, kid, prc); seed: the evaluation seed;
+    reference_cache: what a metric derives from the reference alone (its Gaussian, its KID kernel),
+    kept by the caller across every n of one reference set (`reference_value`)."""
 
     features: Tensor
     reference: np.ndarray
@@ -72,6 +74,13 @@ class FeatureInputs:
     eval: Any
     seed: int
     device: torch.device
+    reference_cache: dict = field(default_factory=dict)
+
+    def reference_value(self, key: str, make: Callable[[], Any]) -> Any:
+        """reference_cache[key], made once."""
+        if key not in self.reference_cache:
+            self.reference_cache[key] = make()
+        return self.reference_cache[key]
 
     @cached_property
     def host(self) -> np.ndarray:
@@ -112,7 +121,8 @@ def _fid(x: FeatureInputs) -> dict[str, float]:
         from cleanfid.fid import fid_from_feats
 
         return {"fid": float(fid_from_feats(x.host, x.reference))}
-    return {"fid": M.frechet_distance(x.host, x.reference)}
+    reference = x.reference_value("gaussian", lambda: M.Gaussian.of(x.reference))
+    return {"fid": M.frechet_from_statistics(M.Gaussian.of(x.host), reference)}
 
 
 def _kid(x: FeatureInputs) -> dict[str, float]:
@@ -124,11 +134,9 @@ def _kid(x: FeatureInputs) -> dict[str, float]:
 
         np.random.seed(x.seed)  # clean-fid draws its KID subsets from numpy's global RNG
         return {"kid": float(kernel_distance(x.host, x.reference, num_subsets=100, max_subset_size=subset))}
-    from torch_fidelity.metric_kid import kid_features_to_metric
-
-    k = kid_features_to_metric(torch.from_numpy(x.host), torch.from_numpy(x.reference), kid_subset_size=subset,
-                               rng_seed=x.seed, verbose=False)
-    return {"kid": k["kernel_inception_distance_mean"], "kid_std": k["kernel_inception_distance_std"]}
+    # torch-fidelity's estimator and subsets (bench.evaluation.metrics.kid), each kernel matrix computed once
+    return M.kid(x.host, x.reference, subsets=100, subset_size=subset, seed=x.seed,
+                 ref_kernel=lambda: x.reference_value("kid_kernel", lambda: M.cubic_kernel(x.reference, x.reference)))
 
 
 def _precision_recall(x: FeatureInputs) -> dict[str, float]:
