@@ -94,6 +94,7 @@ class EvalConfig:
     precision: str = "auto"  # sampling (and VAE decoding): auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32 (TF32 matmuls on CUDA)
     compile: bool = False  # torch.compile the sampler's model calls once for a fixed batch shape (the last batch is padded)
     compile_mode: str = "default"  # as train.compile_mode; "reduce-overhead" (CUDA graphs) pays for small models
+    forward_rows: int = 0  # rows per network call while sampling (0 = auto: 256 on a CPU, where large calls leave the cache; the whole batch elsewhere); the same numbers
 
 
 DEFAULT_SEED = 0  # the run seed where no profile, --seed or --set names one

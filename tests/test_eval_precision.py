@@ -91,7 +91,7 @@ def test_compiled_evaluation_pads_and_counts_nfe_per_real_row(tmp_path, monkeypa
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     out = {}
     for compile_ in (False, True):
-        cfg = resolve("flow_matching", "smoke", ["eval.num_samples=1000", "eval.batch_size=300", f"eval.compile={compile_}",
+        cfg = resolve("flow_matching", "smoke", ["eval.num_samples=1000", "eval.batch_size=300", "eval.forward_rows=300", f"eval.compile={compile_}",
                                                  "method.M=4"])
         data = load_dataset(cfg.data)
         ev = Evaluator(cfg, data, torch.device("cpu"), tmp_path / "cache", progress=False)

@@ -25,7 +25,7 @@ from bench.config import Config
 from bench.data import Dataset
 from bench.errors import RunFailed
 from bench.phases import span
-from bench.evaluation.sampling import EvalModel, NFECounter, draw_labels, generate, precision_context, resolve_precision, sample
+from bench.evaluation.sampling import EvalModel, NFECounter, draw_labels, generate, precision_context, resolve_forward_rows, resolve_precision, sample
 from methods.base import Method
 
 EVAL_SEED_OFFSET = 10_007
@@ -148,6 +148,7 @@ class Evaluator:
             "eval.seed": self.seed,
             "eval.weights": "ema",
             "eval.sampling_precision": self.precision,  # what eval.precision resolved to on this device
+            "eval.forward_rows_resolved": resolve_forward_rows(self.cfg.eval.forward_rows, self.device),
             "eval.feature_precision": "fp32",
             "eval.mode_hit_rule": "a mode is hit when it holds >= 10% of a fair share N/K" if self.data.modes else "n/a",
             # rows of paired_to_M in the data space (the samples kept per n); features: all num_samples
@@ -223,7 +224,8 @@ class Evaluator:
         """`model` in eval.precision, compiled once when eval.compile (kept for the next n)."""
         if self._eval_model is None or self._eval_model[0] is not model:
             ec = self.cfg.eval
-            self._eval_model = (model, EvalModel(model, self.precision, self.device, ec.compile, ec.compile_mode))
+            self._eval_model = (model, EvalModel(model, self.precision, self.device, ec.compile, ec.compile_mode,
+                                                 resolve_forward_rows(ec.forward_rows, self.device)))
         return self._eval_model[1]
 
     def images(self, x: Tensor) -> Tensor:

@@ -144,12 +144,13 @@ def time_eval_sampler(method, model: nn.Module, data, cfg, device: torch.device,
                       steps_timed: int = 3, rounds: int = 3, seed: int = 0) -> EvalSamplerTiming:
     """Median seconds per step of the first `steps_timed` steps of the n-step schedule at the eval batch,
     in eval.precision and compiled when eval.compile (the first step, compilation included, timed apart)."""
-    from bench.evaluation.sampling import EvalModel, NFECounter, draw_labels, resolve_precision
+    from bench.evaluation.sampling import EvalModel, NFECounter, draw_labels, resolve_forward_rows, resolve_precision
 
     model.eval()
     n, B = num_sampling_steps, min(cfg.eval.batch_size, cfg.eval.num_samples)  # the batch the evaluation samples
     precision = resolve_precision(cfg.eval.precision, device)
-    counter = NFECounter(EvalModel(model, precision, device, cfg.eval.compile, cfg.eval.compile_mode))
+    counter = NFECounter(EvalModel(model, precision, device, cfg.eval.compile, cfg.eval.compile_mode,
+                                   resolve_forward_rows(cfg.eval.forward_rows, device)))
     g = torch.Generator(device).manual_seed(seed)
     x0 = torch.randn(B, *data.shape, generator=g, device=device)
     y = draw_labels(B, data.num_classes, data.label_probs(), g, device)
