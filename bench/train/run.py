@@ -367,6 +367,7 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
     with span("eval_estimate", absorb=True):  # a timing pass: its sampling and distances are its own cost
         estimate = p.evaluator.estimate(p.method, ema, steps)
     echo(estimate.text())
+    tracker.set_tag("eval.estimate_seconds", f"{estimate.seconds:.3f}")  # what the run expected its evaluation to take
     with tempfile.TemporaryDirectory() as tmp:
         # n = M first, then M/2, ..., 1: every n's paired_to_M (paired_to_2n) compares its samples with the
         # M-step (2n-step) ones from the same noise
