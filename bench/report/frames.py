@@ -229,6 +229,7 @@ def read_metrics_csv(path, names: dict[str, str] | None = None) -> pd.DataFrame:
 
     labels = variant_labels(configs, keys, names)
     df["group"] = df["group"].map(labels)
+    df = df.rename(columns={f"fid_floor_{k}": k for k in FLOORS})  # collect()'s names
     for k in ("num_samples",):
         if k in df.columns:
             df[k] = df[k].fillna(0).astype(int)
