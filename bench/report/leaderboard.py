@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.report.paired import pairing, sort_key, t_interval
+from bench.report.paired import pairing, sort_key, t_interval, ttest_p
 
 ALPHA = 0.05  # family-wise (Holm) or false-discovery (BH) level of one n's comparisons
 CORRECTIONS = {"holm": ("holm", "Holm"), "bh": ("fdr_bh", "Benjamini-Hochberg")}  # --correction -> (statsmodels, name)
@@ -33,23 +33,6 @@ def adjust(pvalues, correction: str = "holm") -> list[float]:
     if not p:
         return []
     return [float(x) for x in multipletests(p, alpha=ALPHA, method=CORRECTIONS[correction][0])[1]]
-
-
-def _ttest_p(a, b=None) -> float:
-    """Two-sided p of a one-sample t-test of a (the per-seed differences) against 0, or of Welch's test
-    of a against b; a constant sample: 1 where it is 0 (or the two are equal), else 0."""
-    import numpy as np
-    from scipy import stats
-
-    a = np.asarray(a, dtype=float)
-    if b is None:
-        if np.ptp(a) == 0:
-            return 1.0 if a[0] == 0 else 0.0
-        return float(stats.ttest_1samp(a, 0.0).pvalue)
-    b = np.asarray(b, dtype=float)
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
-        return 1.0 if a[0] == b[0] else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def comparisons(df: pd.DataFrame, correction: str = "holm", metric: str = "fid") -> pd.DataFrame:
@@ -69,9 +52,9 @@ def comparisons(df: pd.DataFrame, correction: str = "holm", metric: str = "fid")
             row = {"steps": int(n), "group_a": a, "group_b": b, "diff_mean": float(per_run[a].mean() - per_run[b].mean())}
             if not why and len(common) >= 2:
                 d = xa[common] - xb[common]
-                row.update(test="paired", seeds=" ".join(map(str, common)), diff_mean=float(d.mean()), p=_ttest_p(d))
+                row.update(test="paired", seeds=" ".join(map(str, common)), diff_mean=float(d.mean()), p=ttest_p(d))
             elif len(per_run[a]) >= 2 and len(per_run[b]) >= 2:
-                row.update(test="welch", seeds="", p=_ttest_p(per_run[a], per_run[b]), why_unpaired=why)
+                row.update(test="welch", seeds="", p=ttest_p(per_run[a], per_run[b]), why_unpaired=why)
             else:
                 row.update(test="none", seeds="", p=math.nan, why_unpaired=why or "paired on fewer than two seeds")
             rows.append(row)

@@ -55,6 +55,23 @@ def t_interval(values) -> tuple[float, float, int]:
     return float(v.mean()), float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)), n
 
 
+def ttest_p(a, b=None) -> float:
+    """Two-sided p of a one-sample t-test of a (the per-seed differences) against 0, or of Welch's test
+    of a against b; a constant sample: 1 where it is 0 (or the two are equal), else 0."""
+    import numpy as np
+    from scipy import stats
+
+    a = np.asarray(a, dtype=float)
+    if b is None:
+        if np.ptp(a) == 0:
+            return 1.0 if a[0] == 0 else 0.0
+        return float(stats.ttest_1samp(a, 0.0).pvalue)
+    b = np.asarray(b, dtype=float)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return 1.0 if a[0] == b[0] else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
 def _known(value) -> bool:
     return not (value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("", "nan", "-"))
 
@@ -161,8 +178,6 @@ def paired_table(df: pd.DataFrame, metric: str = "fid") -> tuple[pd.DataFrame, p
     t-interval, whether it excludes 0, each group's own interval over the same seeds, and Welch's
     test's p-value on those seeds as if unpaired. not_paired: (group_a, group_b, reason).
     unchecked: the pairing keys this frame does not record."""
-    from scipy import stats
-
     values, decisions, unchecked = pairing(df, metric)
     rows, skipped = [], []
     for (a, b), (seeds, why) in decisions.items():
@@ -181,7 +196,7 @@ def paired_table(df: pd.DataFrame, metric: str = "fid") -> tuple[pd.DataFrame, p
             m, h, k = t_interval(d)
             ma, ha, _ = t_interval(xa[common])
             mb, hb, _ = t_interval(xb[common])
-            welch = stats.ttest_ind(xa[common], xb[common], equal_var=False).pvalue
+            welch = ttest_p(xa[common], xb[common])
             rows.append({"group_a": a, "group_b": b, "steps": int(n), "seeds": " ".join(map(str, common)), "n_seeds": k,
                          "diff_mean": m, "diff_half": h, "diff_lo": m - h, "diff_hi": m + h,
                          "excludes_0": bool(abs(m) > h),
@@ -299,29 +314,4 @@ def write_paired(df: pd.DataFrame, out: Path, source: str = "", metric: str = "f
     out.mkdir(parents=True, exist_ok=True)
     written = [atomic_write(out / "paired.md", lambda fh: fh.write(text.encode())),
                atomic_write(out / "paired.csv", lambda fh: fh.write(csv.encode()))]
-    return written
-
-
-def from_csv(path: Path, out: Path) -> list[Path]:
-    """paired.md / paired.csv for a report's metrics.csv (e.g. a committed results/<experiment>/),
-    with the commits its rows come from named at the top where the CSV records them."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"No metrics file {path}.")
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:
-        raise BenchError(f"{path} is not a readable CSV ({type(e).__name__}).") from None
-    missing = {"group", "seed", "steps", "metric", "value", "run_id"} - set(df.columns)
-    if missing:
-        raise BenchError(f"{path} is not a `bench report` metrics.csv: it lacks the columns {sorted(missing)}.")
-    source = f"From {path.name} ({df['run_id'].nunique()} runs)"
-    if "git_commit" in df.columns and df["git_commit"].map(_known).any():
-        commits = sorted({str(c)[:7] for c in df["git_commit"] if _known(c)})
-        source += f", made on {len(commits)} commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}"
-    else:
-        source += "; the CSV does not record the commits its runs were made on"
-    written = write_paired(df, out, source + ".")
-    if not written:
-        raise BenchError(f"{path} has fewer than two groups: nothing to pair.")
     return written
