@@ -51,21 +51,29 @@ from bench.report.figures import (  # noqa: F401  (the report's API: bench.repor
 )
 
 
-def write_level_report(df: pd.DataFrame, experiment: str, out: Path, uri: str | None = None) -> list[Path]:
-    """paired_vs_steps.png and paired_intervals.csv where runs logged paired_to_M; levels.png and
-    levels_final.csv where the runs share a loss ladder."""
+def write_paired_distance(df: pd.DataFrame, out: Path) -> list[Path]:
+    """paired_vs_steps.png and paired_intervals.csv where runs logged paired_to_M (a metric of metrics.csv too)."""
     from bench.files.checkpoint import atomic_write
 
     written: list[Path] = []
     if (df["metric"] == "paired_to_M").any() and (df.loc[df["metric"] == "paired_to_M", "value"] > 0).any():
-        written += plot_paired_vs_steps(df, out / "paired_vs_steps.png", experiment)
+        written += plot_paired_vs_steps(df, out / "paired_vs_steps.png", describe(df))
         table = paired_interval_table(df)
         if not table.empty:
             text = table.to_csv(index=False, float_format="%.6g")
             written.append(atomic_write(out / "paired_intervals.csv", lambda fh: fh.write(text.encode())))
+    return written
+
+
+def write_level_report(df: pd.DataFrame, experiment: str, out: Path, uri: str | None = None) -> list[Path]:
+    """levels.png and levels_final.csv where the runs share a loss ladder (read from the store: metrics.csv
+    does not hold the training losses)."""
+    from bench.files.checkpoint import atomic_write
+
+    written: list[Path] = []
     levels, ladder = collect_levels(experiment, uri)
     if not levels.empty:
-        written += plot_levels(df, levels, ladder, out / "levels.png", experiment)
+        written += plot_levels(df, levels, ladder, out / "levels.png", describe(df))
         text = levels_final_table(df, levels, ladder).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "levels_final.csv", lambda fh: fh.write(text.encode())))
     return written
@@ -108,6 +116,7 @@ def write_outputs(df: pd.DataFrame, out: Path, source: str, correction: str = "h
         swept = swept_table(df).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(swept.encode())))
     written += write_paired(df, out, source)  # pairs of groups on shared seeds and evaluation noise
+    written += write_paired_distance(df, out)
     board, lb = write_leaderboard(df, out, correction, source)
     written += board
     if extra:
