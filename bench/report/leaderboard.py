@@ -129,9 +129,11 @@ def page_steps(steps) -> list[int]:
 def _interval(mean: float, half: float) -> str:
     if math.isnan(mean):
         return "n/a"
+    from bench.report.tables import plain
+
     if math.isnan(half):
-        return f"{mean:.3g} (one run)"
-    return f"{mean:.3g} [{mean - half:.3g}, {mean + half:.3g}]"
+        return f"{plain(mean, 3)} (one run)"
+    return f"{plain(mean, 3)} [{plain(mean - half, 3)}, {plain(mean + half, 3)}]"
 
 
 def ties_text(ties: str, rank: int, groups: int) -> str:

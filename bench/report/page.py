@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.leaderboard import ALPHA, Leaderboard, describe_tests, page_steps, ties_text
+from bench.report.tables import plain
 
 # figures a report may hold, in the order the page shows them, with a one-line caption
 FIGURES = (
@@ -29,7 +30,7 @@ h3 { font-size: 15px; margin: 18px 0 6px; }
 table { border-collapse: collapse; margin: 6px 0 14px; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.letters { font-family: ui-monospace, monospace; }
+td.letters { font-family: ui-monospace, monospace; } td.nowrap { white-space: nowrap; }
 .boards { display: grid; grid-template-columns: repeat(auto-fit, minmax(600px, 1fr)); gap: 0 24px; }
 img { max-width: 100%; border: 1px solid #eee; }
 code { background: #f4f4f4; padding: 0 3px; }
@@ -99,10 +100,10 @@ def board_html(lb: Leaderboard) -> str:
         t = lb.tests[lb.tests["steps"] == n]
         rows = []
         for r in b.itertuples():
-            interval = "one run" if pd.isna(r.ci95) else f"[{r.mean - r.ci95:.3g}, {r.mean + r.ci95:.3g}]"
+            interval = "one run" if pd.isna(r.ci95) else f"[{plain(r.mean - r.ci95, 3)}, {plain(r.mean + r.ci95, 3)}]"
             seeds = r.seeds + (f" ({r.runs} runs)" if r.runs > len(str(r.seeds).split()) else "")
-            rows.append(f'<tr><td class="num">{r.rank}</td><td>{_e(r.group)}</td><td class="num">{r.mean:.3g}</td>'
-                        f'<td class="num">{_e(interval)}</td><td>{_e(seeds)}</td><td class="letters">{_e(r.letters)}</td>'
+            rows.append(f'<tr><td class="num">{r.rank}</td><td>{_e(r.group)}</td><td class="num">{plain(r.mean, 3)}</td>'
+                        f'<td class="num">{_e(interval)}</td><td class="nowrap">{_e(seeds)}</td><td class="letters">{_e(r.letters)}</td>'
                         f"<td>{_e(ties_text(r.ties, r.rank, len(b)))}</td></tr>")
         parts.append(f"<div><h3>n = {n}{' (M)' if n == M else ''}</h3>"
                      f'<p class="note">{len(b)} groups; {_e(describe_tests(t))}; {int(t["differs"].sum())} of '

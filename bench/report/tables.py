@@ -17,10 +17,11 @@ CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (see
 
 
 def plain(x: float, digits: int) -> str:
-    """x to `digits` significant digits without an exponent where it is at least 1e-3 (940, not 9.4e+02)."""
+    """x to `digits` significant digits as %g writes it, but without an exponent from 1e-3 to 1e7 (940, not 9.4e+02)."""
     if math.isnan(x) or x == 0 or abs(x) < 1e-3 or abs(x) >= 1e7:
         return f"{x:.{digits}g}"
-    return f"{x:.{max(digits - 1 - math.floor(math.log10(abs(x))), 0)}f}"
+    text = f"{x:.{max(digits - 1 - math.floor(math.log10(abs(x))), 0)}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text  # as %g writes it: no trailing zeros
 
 
 def format_ci(mean: float, half: float) -> str:
