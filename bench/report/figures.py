@@ -157,7 +157,8 @@ def _by_family(df: pd.DataFrame, metric: str, path: Path, ylabel: str, what: str
         axes[k // cols][k % cols].set_visible(False)
     seeds = fid.groupby("group")["run_id"].nunique()
     runs = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
-    fig.suptitle(f"{what}: {describe(df)}; lines: mean over {runs} runs (seeds), bars: 95 % t-interval"
+    fig.suptitle(f"{what}: {describe(df)}; lines: mean over {runs} run{'s' if runs != '1' else ''} (seeds)"
+                 + (", bars: 95 % t-interval" if seeds.max() > 1 else "")
                  + (", grey band: floor ± 1 sd" if floor and len(fl) == 1 else ""), fontsize=10)
     fig.tight_layout()
     return save(fig, path)

@@ -220,11 +220,13 @@ def read_metrics_csv(path, names: dict[str, str] | None = None) -> pd.DataFrame:
     if missing:
         raise BenchError(f"{path} is not a `bench report` metrics.csv: it lacks the columns {sorted(missing)}.")
     cols = list(df.columns)
-    keys = ["method", *cols[cols.index("group") + 1:cols.index("method")]] if cols.index("group") < cols.index("method") else ["method"]
+    keys = cols[cols.index("group") + 1:cols.index("method")] if cols.index("group") < cols.index("method") else []
+    if df["method"].nunique() > 1 or not keys:  # as group_keys() chose them: method only where it tells groups apart
+        keys = ["method", *keys]
     if "profile" in df.columns and df["profile"].nunique() > 1:
         keys.append("profile")
     first = df.drop_duplicates("group")
-    configs = {g: {k: r[k] for k in keys if k in r} for g, r in zip(first["group"], first.to_dict("records"))}
+    configs = {g: {k: r[k] for k in ["method", *keys] if k in r} for g, r in zip(first["group"], first.to_dict("records"))}
     from bench.report.labels import variant_labels
 
     labels = variant_labels(configs, keys, names)
