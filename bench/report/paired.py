@@ -1,16 +1,19 @@
-"""Paired comparisons of method groups (`bench report` writes paired.md and paired.csv).
+"""Paired comparisons of method groups (`bench report` writes paired.md and paired.csv; the
+leaderboard's tests pair the same way).
 
 Two groups of one experiment are paired where their runs share seeds and, seed by seed, their
 evaluation noise: the same evaluation seed (noise and labels), samples per n, reference set and
-feature space; and, where both distil, the same teacher (its weights' hash). Then every shared
-seed gives one difference d_s(n) = FID_A(s, n) - FID_B(s, n), and the 95 % Student-t interval of
+feature space; and, where either distils, the same teacher (its weights' hash; a distilled run
+whose hash is not recorded is never paired). A seed with several runs of one group is left out
+of the pairing and flagged (duplicate_seeds), never averaged silently. Then every shared seed
+gives one difference d_s(n) = FID_A(s, n) - FID_B(s, n), and the 95 % Student-t interval of
 their mean (n_seeds - 1 degrees of freedom) is far narrower than the two groups' own intervals,
 because what the seeds share (evaluation noise, teacher, data order) cancels in d_s.
 Groups that differ in any of these are not paired, and the output says which key differs.
 
-A rule for the ordering: the paired interval excludes 0. The "unpaired" columns are each group's
-own mean ± 95 % t-interval over the same shared seeds (as table.md computes them); where those
-overlap and the paired interval excludes 0, pairing alone calls the ordering.
+paired.md marks the cells whose paired interval excludes 0, each on its own with no correction
+for the number of cells (bench.report.leaderboard corrects), and with † those that Welch's test
+on the same seeds, as if unpaired, does not call at 5 %: what pairing alone calls.
 
 Works on the long frame of bench.report.collect (from the store) and on a report's metrics.csv
 (`bench report --from-csv`), whose columns name only some of those keys: what a frame does not
