@@ -119,18 +119,34 @@ def report(
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", "-e", help="Experiment(s) to report (default: every experiment)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $BENCH_STORE/reports/<experiment>/, outside git; the reference results: --out results/<experiment>)."),
     ratio: Optional[str] = typer.Option(None, "--ratio", help="A/B, e.g. shortcut/flow_matching: also ratio_A_B.md, FID of A over FID of B at every n, for runs set up alike."),
-    from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Instead of the store: paired.md/.csv for a report's metrics.csv (into --out, default: the CSV's folder)."),
+    from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Instead of the store: rebuild the whole report (figures, tables, leaderboard, page) from a report's metrics.csv (into --out, default: the CSV's folder)."),
+    correction: str = typer.Option("holm", "--correction", help="Multiple-comparison correction of the leaderboard's tests within each n: holm (family-wise error) or bh (Benjamini-Hochberg, false-discovery rate)."),
+    name: Optional[List[str]] = typer.Option(None, "--name", help="LABEL=NAME: show the group labelled LABEL as NAME (at most 60 characters); bench.toml's [report.names] table does the same."),
+    config: Optional[Path] = typer.Option(None, "--config", help="bench.toml to read [report.names] from (default: the usual one)."),
 ):
-    """Read the tracking store only; per experiment write table.md (FID at M, 4, 1 steps: mean ± 95 % t-interval
-    over seeds, one row per group of like runs), fid_vs_steps.png/.svg, metrics.csv and paired.md/.csv (per-seed
-    differences between groups sharing seeds and evaluation noise). KID in metrics.csv is in the feature space's
-    raw units (not x1000)."""
+    """Read the tracking store only; per experiment write index.html (one self-contained page), leaderboard.md/.csv
+    (rank per n with the ties a Holm-corrected test cannot separate), table.md (FID at M, 4, 1 steps: mean ± 95 %
+    t-interval over seeds, one row per group of like runs), fid_vs_steps.png/.svg, metrics.csv and paired.md/.csv.
+    KID in metrics.csv is in the feature space's raw units (not x1000)."""
+    from bench.config import load_toml
+    from bench.report.labels import parse_names
+    from bench.report.leaderboard import CORRECTIONS
+
+    if correction not in CORRECTIONS:
+        raise BenchError(f"--correction must be {' or '.join(CORRECTIONS)}, got {correction!r}.")
+    try:
+        doc = load_toml(config)
+    except BenchError:
+        if config is not None:
+            raise
+        doc = {}  # no bench.toml where the report runs: no names from it
+    names = parse_names(name, doc.get("report", {}).get("names", {}))
     if from_csv is not None:
         if experiment or ratio:
             raise BenchError("--from-csv reads one metrics.csv: it takes no --experiment or --ratio.")
-        from bench.report.paired import from_csv as paired_from_csv
+        from bench.report import write_from_csv
 
-        for path in paired_from_csv(from_csv, out or from_csv.parent):
+        for path in write_from_csv(from_csv, out, correction, names):
             typer.echo(f"wrote {path}")
         return
     from bench.report import write_reports
@@ -140,7 +156,7 @@ def report(
         pair = tuple(ratio.split("/"))
         if len(pair) != 2 or not all(pair):
             raise BenchError(f"--ratio takes two methods as A/B (e.g. shortcut/flow_matching), got {ratio!r}.")
-    for path in write_reports(experiment or None, out, ratio=pair):
+    for path in write_reports(experiment or None, out, ratio=pair, correction=correction, names=names):
         typer.echo(f"wrote {path}")
 
 

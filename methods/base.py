@@ -106,6 +106,7 @@ class Method:
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_teacher: ClassVar[bool] = False  # a frozen flow-matching teacher in `teacher=`
+    family: ClassVar[str] = "other"  # the report's panel: flow and diffusion | distillation | consistency | shortcut and MeanFlow
     stochastic_sampler: ClassVar[bool] = False  # sample_step draws fresh noise
     # Options fields only sampling reads: a sweep over them evaluates one trained model per
     # training configuration instead of retraining (default: none, every option is training-time)

@@ -197,6 +197,7 @@ class ConsistencyTraining(_Consistency):
     """Consistency training from data alone, delta curriculum coarse to fine (`schedule`); multistep consistency sampling."""
 
     name = "consistency_training"
+    family = "consistency"
     Options = ConsistencyTrainingOptions
 
     def num_cells(self, step: int) -> int:
@@ -248,6 +249,7 @@ class ConsistencyDistillation(_Consistency):
     """Consistency distillation of a flow teacher (one Euler step of 1/M); multistep consistency sampling."""
 
     name = "consistency_distillation"
+    family = "consistency"
     Options = ConsistencyDistillationOptions
     needs_teacher = True
     init_from_teacher = True

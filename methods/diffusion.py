@@ -59,6 +59,7 @@ class Diffusion(Method):
     """DDPM-trained (v or eps target), DDIM-sampled (eta = 0) diffusion baseline; ignores d."""
 
     name = "diffusion"
+    family = "flow and diffusion"
     Options = DiffusionOptions
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
 

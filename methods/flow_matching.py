@@ -24,6 +24,7 @@ class FlowMatching(Method):
     """The network ignores d (always fed d = 0). CFG, when w != 1, at every sampling step."""
 
     name = "flow_matching"
+    family = "flow and diffusion"
     Options = FlowMatchingOptions
     sampling_time_options = frozenset({"cfg_scale"})  # targets ignore it; CFG is applied when sampling
 

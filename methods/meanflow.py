@@ -76,6 +76,7 @@ class MeanFlow(Method):
     """Average-velocity model trained through the MeanFlow identity (JVP); Euler at d = 1/n."""
 
     name = "meanflow"
+    family = "shortcut and MeanFlow"
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
     Options = MeanFlowOptions
 

@@ -197,6 +197,7 @@ class ClassifierDistillation(Progressive):
     """Progressive distillation with CFD's classifier-feature loss in the chosen stages."""
 
     name = "cfd"
+    family = "distillation"
     Options = CFDOptions
 
     def __init__(self, *args, **kwargs):
@@ -264,6 +265,7 @@ class RelationalDistillation(ClassifierDistillation):
     """Progressive distillation with RDD's feature and relational (pixel pair, pixel memory) losses in the chosen stages."""
 
     name = "rdd"
+    family = "distillation"
     Options = RDDOptions
 
     def __init__(self, *args, **kwargs):

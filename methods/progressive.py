@@ -87,6 +87,7 @@ class Progressive(Method):
     """Progressive distillation of a flow teacher into a final_steps-step model over log2(M / final_steps) stages."""
 
     name = "progressive"
+    family = "distillation"
     Options = ProgressiveOptions
     needs_teacher = True
     init_from_teacher = True

@@ -57,6 +57,7 @@ class Reflow(Method):
     """Flow matching on (noise, teacher sample) pairs from an M-step flow teacher; Euler at d = 0."""
 
     name = "reflow"
+    family = "distillation"
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
     Options = ReflowOptions
     needs_teacher = True
@@ -154,6 +155,7 @@ class LiveReflow(Method):
     """Flow matching plus the d = 1 code trained along the model's own reflowed paths; n < M steps query d = 1."""
 
     name = "live_reflow"
+    family = "shortcut and MeanFlow"
     sampling_time_options = frozenset()  # cfg_scale guides the roll-out targets: a new scale is a new model
     Options = LiveReflowOptions
 

@@ -110,6 +110,7 @@ class Shortcut(Method):
     """Sampling with n steps: Euler at d = 1/n; at n = M the flow query with CFG at scale w."""
 
     name = "shortcut"
+    family = "shortcut and MeanFlow"
     Options = ShortcutOptions
     sampling_time_options = frozenset()  # cfg_scale is baked into the bootstrap targets: a new scale is a new model
 

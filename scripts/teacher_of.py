@@ -1,5 +1,5 @@
 """Print the newest finished flow-matching run of one seed in an experiment ("" if none): the teacher
-the digits scripts (regenerate_digits.sh, issue23_runs.sh) distil from when they did not train it.
+the digits scripts (regenerate_digits.sh, run_distillation_variants.sh) distil from when they did not train it.
 
     python scripts/teacher_of.py EXPERIMENT SEED
 """

@@ -1,5 +1,5 @@
 """Writes CIFAR-10 in the official python format, independently of bench/data/cifar10.py: what tests and
-the GPU script (results/gpu/cifar10.sh) load instead of the real archive, which nothing here downloads.
+the GPU script (scripts/gpu_cifar10_timings.sh) load instead of the real archive, which nothing here downloads.
 
 The official batches were pickled by Python 2's cPickle with protocol 2: every string is a byte string
 (opcodes SHORT_BINSTRING / BINSTRING), and the numpy array names numpy.core.multiarray._reconstruct,

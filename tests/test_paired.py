@@ -65,7 +65,7 @@ def test_the_paired_interval_separates_what_the_unpaired_ones_cannot(tmp_path):
     assert not pairs[pairs["steps"] == 8].iloc[0].excludes_0
 
     written = {p.name for p in write_report("p", tmp_path / "out")}
-    assert {"paired.md", "paired.csv", "metrics.csv", "paired_matrix.png", "paired_matrix.svg"} <= written
+    assert {"paired.md", "paired.csv", "metrics.csv", "leaderboard.md", "index.html"} <= written
     md = (tmp_path / "out" / "paired.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| flow_matching | shortcut |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -85,7 +85,7 @@ def test_groups_with_other_evaluation_noise_or_teachers_are_not_paired():
     for s, e in enumerate(SEED_EFFECT):  # the same seeds, evaluated with another noise seed
         add_run("q", "meanflow", s, {1: 21 + e, 8: 5.0}, **{"eval.seed": 77 + s})
     for s, e in enumerate(SEED_EFFECT):  # another reference set
-        add_run("q", "reflow", s, {1: 21 + e, 8: 5.0}, **{"eval.reference_fingerprint": "ref2"})
+        add_run("q", "reflow", s, {1: 21 + e, 8: 5.0}, **{"eval.reference_fingerprint": "ref2", "teacher.ema_sha256": f"t1-{s}"})
     for method, sha in (("progressive", "t1"), ("cfd", "t2")):  # both distil, from other teachers
         for s, e in enumerate(SEED_EFFECT):
             add_run("q", method, s, {1: 21 + e, 8: 5.0}, **{"teacher.ema_sha256": f"{sha}-{s}"})
@@ -101,7 +101,7 @@ def test_groups_with_other_evaluation_noise_or_teachers_are_not_paired():
     assert "different teachers" in why[("cfd", "progressive")]
     assert ("progressive", "rdd") in paired and ("cfd", "rdd") in why
     assert ("flow_matching", "progressive") in paired  # one side distils, the other has no teacher
-    assert why[("diffusion", "shortcut")] == "1 shared seed: no interval"
+    assert why[("diffusion", "shortcut")] == "1 shared seed: no paired interval"
     r = pairs[(pairs["group_a"] == "progressive") & (pairs["group_b"] == "rdd") & (pairs["steps"] == 1)].iloc[0]
     assert r.diff_mean == pytest.approx(-0.5) and r.diff_half == pytest.approx(0, abs=1e-9)
 

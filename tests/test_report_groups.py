@@ -34,24 +34,34 @@ def test_a_mixed_experiment_keeps_methods_and_datasets_apart_with_t_intervals(tm
     add_run("mixed", "flow_matching", "toy:eight_gaussians", 0, {1: 5.0, 4: 0.6, 8: 0.2})
     df = collect("mixed")
     assert df.attrs["group_keys"] == ["method", "data.spec"]
-    assert sorted(df["group"].unique()) == ["flow_matching, toy:eight_gaussians", "shortcut, toy:checkerboard",
-                                            "shortcut, toy:eight_gaussians"]
+    # labels: the method plus what differs from the defaults (data.spec's default is digits)
+    fm, sc8, scc = ("flow_matching: data.spec=toy:eight_gaussians", "shortcut: data.spec=toy:eight_gaussians",
+                    "shortcut: data.spec=toy:checkerboard")
+    assert sorted(df["group"].unique()) == [fm, scc, sc8]
     rows = {ln.split(" | ")[0].strip("| "): ln.strip("|").split(" | ") for ln in fid_table(df).splitlines()[2:5]}
     # 1, 2, 3: mean 2, sd 1, half-width t(0.975, 2) * 1 / sqrt(3) = 2.484
-    assert rows["shortcut, toy:eight_gaussians"][1:] == ["8", "0.25 ± 0", "0.5 ± 0", "2 ± 2.5", "3 "]
-    assert rows["shortcut, toy:checkerboard"][1:] == ["8", "0.3", "0.7", "4", "1 "]
-    assert rows["flow_matching, toy:eight_gaussians"][1:] == ["8", "0.2", "0.6", "5", "1 "]
+    assert rows[sc8][1:] == ["8", "0.25 ± 0", "0.5 ± 0", "2 ± 2.5", "3 "]
+    assert rows[scc][1:] == ["8", "0.3", "0.7", "4", "1 "]
+    assert rows[fm][1:] == ["8", "0.2", "0.6", "5", "1 "]
     assert "95 % Student-t interval" in fid_table(df)
     # shortcut over flow matching, only for the dataset both ran: 2 / 5, 0.5 / 0.6, 0.25 / 0.2
     ratio = ratio_table(df, "shortcut", "flow_matching").splitlines()
-    assert ratio[2] == "| shortcut, toy:eight_gaussians | 3 / 1 | 0.4 | 0.833 | 1.25 |" and ratio[3] == ""
+    assert ratio[2] == f"| {sc8} | 3 / 1 | 0.4 | 0.833 | 1.25 |" and ratio[3] == ""
     m, h, n = mean_ci([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and h == pytest.approx(T_975_2 / math.sqrt(3))
     written = {p.name for p in write_report("mixed", tmp_path / "out")}
     assert {"fid_vs_steps.png", "fid_vs_steps.svg", "fid_vs_compute.png", "fid_vs_compute.svg", "table.md"} <= written
     csv = pd.read_csv(tmp_path / "out" / "metrics.csv")
-    assert csv.groupby("group")["run_id"].nunique().to_dict() == {
-        "flow_matching, toy:eight_gaussians": 1, "shortcut, toy:checkerboard": 1, "shortcut, toy:eight_gaussians": 3}
+    assert csv.groupby("group")["run_id"].nunique().to_dict() == {fm: 1, scc: 1, sc8: 3}
+    assert csv.drop_duplicates("group").set_index("group")["data.spec"].to_dict() == {  # every key stays in the CSV
+        fm: "toy:eight_gaussians", scc: "toy:checkerboard", sc8: "toy:eight_gaussians"}
+
+
+def test_cells_have_no_exponent():
+    from bench.report.tables import format_ci
+
+    assert format_ci(439.4, 940.0) == "439.4 ± 940" and format_ci(197.04, 7.6) == "197 ± 7.6"
+    assert format_ci(0.0123, 0.00045) == "0.0123 ± 0.00045" and format_ci(3.5, math.nan) == "3.5"
 
 
 def test_a_single_run_has_no_interval():
@@ -76,7 +86,7 @@ def test_seeds_alone_pool_and_a_changed_config_value_splits(tmp_path):
     add_run("s", "shortcut", "toy:a", 0, {1: 9.0}, **{"train.steps": 20})
     df = collect("s")
     assert df.attrs["group_keys"] == ["train.steps"]
-    assert df.groupby("group")["run_id"].nunique().to_dict() == {"10": 2, "20": 1}
+    assert df.groupby("group")["run_id"].nunique().to_dict() == {"shortcut: train.steps=10": 2, "shortcut: train.steps=20": 1}
 
 
 def test_the_default_report_goes_beside_the_store_not_into_the_working_tree(tmp_path, isolated_store):

@@ -46,27 +46,121 @@ def _legend(ax, title: str) -> None:
     ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8, title_fontsize=8)
 
 
-def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
-    plt = pyplot()
+MAX_LINES = 6  # lines per panel: more and a reader cannot tell them apart
+
+
+def family(method: str) -> str:
+    """A method's panel (Method.family); "other" for a method this code no longer knows."""
+    try:
+        from methods import get_method
+
+        return get_method(str(method)).family
+    except Exception:
+        return "other"
+
+
+FAMILY_ORDER = ("flow and diffusion", "shortcut and MeanFlow", "consistency", "distillation", "other")
+
+
+def panels(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(title, groups) per panel: one per method family, split (a method's groups kept together where
+    they fit) so no panel has more than MAX_LINES lines."""
     fid = df[df["metric"] == "fid"]
+    method_of = fid.drop_duplicates("group").set_index("group")["method"].to_dict()
+    by_family: dict[str, list[str]] = {}
+    for g in sorted(method_of, key=_sort_key):
+        by_family.setdefault(family(method_of[g]), []).append(g)
+    out = []
+    for fam in sorted(by_family, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER)):
+        chunks: list[list[str]] = [[]]
+        for m in dict.fromkeys(method_of[g] for g in by_family[fam]):
+            block = [g for g in by_family[fam] if method_of[g] == m]
+            while block:
+                if len(chunks[-1]) + min(len(block), MAX_LINES) > MAX_LINES:
+                    chunks.append([])
+                take = block[:MAX_LINES - len(chunks[-1])]
+                chunks[-1] += take
+                block = block[len(take):]
+        chunks = [c for c in chunks if c]
+        for c in chunks:
+            title = fam if len(chunks) == 1 else f"{fam}: {', '.join(dict.fromkeys(method_of[g] for g in c))}"
+            out.append((title, c))
+    return out
+
+
+def describe(df: pd.DataFrame) -> str:
+    """'digits (profile digits), 2000 samples per point': what a figure's title names."""
+    fid = df[df["metric"] == "fid"]
+    data = ", ".join(sorted(map(str, fid["dataset"].unique()))) if "dataset" in fid else "?"
+    profile = ", ".join(sorted(map(str, fid["profile"].unique()))) if "profile" in fid else "?"
+    samples = sorted({int(v) for v in fid["num_samples"].unique()}) if "num_samples" in fid else []
+    n = " or ".join(map(str, samples)) if samples else "?"
+    return f"{data} (profile {profile}), {n} samples per point"
+
+
+def plot_fid_vs_steps(df: pd.DataFrame, path: Path, title: str = "") -> list[Path]:
+    """FID against sampling steps as small multiples, one panel per method family (panels), at most
+    MAX_LINES lines each: the mean over a group's runs with its 95 % t-interval as error bars, the
+    floor band, and flow matching drawn grey and dashed in the other panels as a common reference."""
+    fid = df[df["metric"] == "fid"]
+    return _by_family(df, "fid", path, f"FID ({', '.join(sorted(fid['feature_space'].unique()))} features)",
+                      "FID against sampling steps", floor=True)
+
+
+def _by_family(df: pd.DataFrame, metric: str, path: Path, ylabel: str, what: str, floor: bool = False) -> list[Path]:
+    """`metric` (> 0) against sampling steps, one panel per method family: plot_fid_vs_steps's layout."""
+    import seaborn as sns
+
+    plt = pyplot()
+    fid = df[(df["metric"] == metric) & (df["value"] > 0)]
     stats = fid.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
-    order = sorted(stats["group"].unique(), key=_sort_key)
-    floor, top = _bands(stats)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    _lines(ax, stats, "group", "steps", order, floor)
+    means = stats["mean"][stats["mean"] > 0]
+    low, top = float(means.min()) / 1.4, float(means.max()) * 1.4
+    layout = [(name, [g for g in groups if g in set(stats["group"])]) for name, groups in panels(df)]
+    layout = [(name, groups) for name, groups in layout if groups]
+    cols = min(len(layout), 3)
+    rows = -(-len(layout) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.6 * rows), dpi=130, sharey=True, squeeze=False)
     steps = sorted(fid["steps"].unique())
-    draw_floor(ax, floors(fid), floor, top)
-    axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
-    axis(ax, "y", floor, top)
-    ax.set_ylim(floor, top)
-    space = ", ".join(sorted(fid["feature_space"].unique()))
-    runs = int(stats["n"].max())
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel(f"FID ({space} features)")
-    ax.set_title(f"{title}: {fid['num_samples'].max()} samples per point, up to {runs} run(s) per line"
-                 + (",\nbands: 95 % t-interval over runs" if runs > 1 else ""), fontsize=9)
-    ax.grid(True, which="major", alpha=0.3)
-    _legend(ax, group_title(df))
+    reference = "flow_matching" if "flow_matching" in set(stats["group"]) else None
+    colours = sns.color_palette("colorblind", MAX_LINES)
+    markers = "osD^vP"
+    fl = floors(df[df["metric"] == "fid"])
+    for i, (name, groups) in enumerate(layout):
+        ax = axes[i // cols][i % cols]
+        if reference and reference not in groups:
+            s = stats[stats["group"] == reference].sort_values("steps")
+            ax.plot(s["steps"], s["mean"], color="0.55", ls="--", lw=1.1, label=f"{reference} (reference)")
+        for j, g in enumerate(groups):
+            s = stats[stats["group"] == g].sort_values("steps")
+            c = colours[j % len(colours)]
+            x = s["steps"] * 2 ** (0.06 * (j - (len(groups) - 1) / 2))  # dodged a little, so error bars do not hide each other
+            err = None
+            if (s["n"] > 1).any():
+                lo, hi = s["lo"].clip(lower=low), s["hi"].clip(upper=top)
+                err = [(s["mean"] - lo).clip(lower=0).to_numpy(), (hi - s["mean"]).clip(lower=0).to_numpy()]
+            ax.errorbar(x, s["mean"], yerr=err, marker=markers[j % len(markers)], color=c, lw=1.5, ms=4, label=g,
+                        elinewidth=0.9, capsize=2, alpha=0.95)
+        if floor:
+            draw_floor(ax, fl, low, top, label=i == 0)  # named once: the same band in every panel
+        axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
+        axis(ax, "y", low, top)
+        ax.set_ylim(low, top)
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel("sampling steps", fontsize=9)
+        if i % cols == 0:
+            ax.set_ylabel(ylabel, fontsize=9)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=7.5, frameon=False, handlelength=2.2)
+    for k in range(len(layout), rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    seeds = fid.groupby("group")["run_id"].nunique()
+    runs = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+    fig.suptitle(f"{what}: {describe(df)}; lines: mean over {runs} run{'s' if runs != '1' else ''} (seeds)"
+                 + (", bars: 95 % t-interval" if seeds.max() > 1 else "")
+                 + (", grey band: floor ± 1 sd" if floor and len(fl) == 1 else ""), fontsize=10)
+    fig.tight_layout()
     return save(fig, path)
 
 
@@ -112,7 +206,7 @@ def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     return save(fig, path)
 
 
-def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float) -> None:
+def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float, label: bool = True) -> None:
     """The fresh-data floor as a dotted line and, where the runs logged it, the band floor ± one
     perfect-sampler run's sd (fid_floor_fresh_sd), clipped to the axis (lo, hi); one reference set only."""
     if len(fl) != 1:
@@ -120,9 +214,9 @@ def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float) -> None:
     f, sd = float(fl["fresh"].iloc[0]), float(fl["fresh_sd"].iloc[0]) if "fresh_sd" in fl else math.nan
     if not math.isnan(sd) and f - sd < hi and f + sd > lo:
         ax.axhspan(max(f - sd, lo), min(f + sd, hi), color="0.5", alpha=0.15, lw=0,
-                   label="floor ± sd of one perfect-sampler run")
+                   label="floor ± sd of one perfect-sampler run" if label else None)
     if lo < f < hi:
-        ax.axhline(f, color="0.35", ls=":", lw=1.2, label="floor: new data")
+        ax.axhline(f, color="0.35", ls=":", lw=1.2, label="floor: new data" if label else None)
 
 
 def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
@@ -155,31 +249,12 @@ def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
 
 
 # -- the paired distance to the M-step samples (bench.evaluation.evaluate.paired_distances) -----------------
-def plot_paired_vs_steps(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
-    """paired_to_M against n < M (0 at M by construction), one line per group: the mean over its runs
-    with the 95 % t-interval as a band; the feature-space distance in a second panel where logged."""
-    plt = pyplot()
-    metrics = [m for m in ("paired_to_M", "paired_to_M_features") if (df["metric"] == m).any()]
-    order = sorted(df.loc[df["metric"].isin(metrics), "group"].unique(), key=_sort_key)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics) + 1.4, 4.2), dpi=120, squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        d = df[(df["metric"] == metric) & (df["value"] > 0)]
-        stats = d.groupby(["group", "steps"])["value"].apply(_interval).unstack().reset_index()
-        floor, top = _bands(stats)
-        _lines(ax, stats, "group", "steps", [g for g in order if g in set(stats["group"])], floor)
-        steps = sorted(d["steps"].unique())
-        axis(ax, "x", steps[0], steps[-1], log2_ticks=steps)
-        axis(ax, "y", floor, top)
-        ax.set_ylim(floor, top)
-        ax.set_xlabel("sampling steps n")
-        space = "data space" if metric == "paired_to_M" else f"{', '.join(sorted(d['feature_space'].unique()))} features"
-        ax.set_ylabel(f"{metric}: mean squared distance per dimension ({space})", fontsize=8)
-        ax.grid(True, which="major", alpha=0.3)
-    runs = int(df[df["metric"].isin(metrics)].groupby("group")["run_id"].nunique().max())
-    fig.suptitle(f"{title}: each n's samples against the same model's M-step samples from the same noise and labels"
-                 + (f", mean and 95 % t-interval over up to {runs} runs" if runs > 1 else ""), fontsize=9)
-    _legend(axes[0][-1], group_title(df))
-    return save(fig, path)
+def plot_paired_vs_steps(df: pd.DataFrame, path: Path, title: str = "") -> list[Path]:
+    """paired_to_M against n < M (0 at M by construction), one panel per method family as
+    plot_fid_vs_steps: the mean over a group's runs with its 95 % t-interval; paired_to_M_features is in
+    metrics.csv and paired_intervals.csv."""
+    return _by_family(df, "paired_to_M", path, "paired_to_M: mean squared distance per dimension (data space)",
+                      "Each n's samples against the same model's M-step samples from the same noise and labels")
 
 
 def plot_levels(df: pd.DataFrame, levels: pd.DataFrame, ladder: dict, path: Path, title: str) -> list[Path]:

@@ -29,7 +29,7 @@ PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.check
 FLOORS = ("fresh", "fresh_se", "fresh_sd", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
 
 
-def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
+def collect(experiment: str, uri: str | None = None, names: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per (finished run, metric, sampling steps) of `experiment`, with the run's group."""
     from bench.store.tracking import LARGEST_PAGE, RunStore
 
@@ -68,7 +68,7 @@ def collect(experiment: str, uri: str | None = None) -> pd.DataFrame:
                 continue
             for m in store.history(run.run_id, key):
                 rows.append({**base, "steps": m.step, "metric": key, "value": m.value})
-    return label_groups(pd.DataFrame(rows))
+    return label_groups(pd.DataFrame(rows), names)
 
 
 def run_identity(tags: dict[str, str], params: dict[str, str]) -> dict[str, str]:
@@ -125,9 +125,13 @@ def group_keys(configs: list[dict[str, str]]) -> list[str]:
     return chosen or ["method"]
 
 
-def label_groups(df: pd.DataFrame) -> pd.DataFrame:
-    """Adds `group` (the values of group_keys, joined: the label of a row and a line) and one
-    column per group key; df.attrs["group_keys"] names them."""
+def label_groups(df: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
+    """Adds `group` (the group's short label, bench.report.labels.variant_labels: the method plus what
+    differs from its published defaults, or the user's name from `names`; unique, so it identifies the
+    group) and one column per group key (every key that tells groups apart stays in metrics.csv);
+    df.attrs["group_keys"] names them."""
+    from bench.report.labels import variant_labels
+
     if df.empty:
         return df
     configs = {c: json.loads(c) for c in df["config"].unique()}
@@ -135,13 +139,17 @@ def label_groups(df: pd.DataFrame) -> pd.DataFrame:
     for k in keys:
         if k not in df.columns:
             df[k] = df["config"].map(lambda c, k=k: configs[c].get(k))
-    df["group"] = df["config"].map(lambda c: ", ".join(str(configs[c].get(k, "-")) for k in keys))
+    labels = variant_labels(configs, keys, names)
+    df["group"] = df["config"].map(labels)
     df.attrs["group_keys"] = keys
     return df
 
 
+GROUP_TITLE = "variant (method: what differs from its defaults)"
+
+
 def group_title(df: pd.DataFrame) -> str:
-    return ", ".join(df.attrs.get("group_keys") or ["method"])
+    return GROUP_TITLE
 
 
 def training_compute(params: dict[str, str]) -> float:
@@ -193,3 +201,40 @@ def collect_levels(experiment: str, uri: str | None = None) -> tuple[pd.DataFram
             for m in store.history(r.run_id, f"train/loss_{g}"):
                 rows.append({"run_id": r.run_id, "level": g, "step": m.step, "value": m.value})
     return pd.DataFrame(rows), ladder
+
+
+def read_metrics_csv(path, names: dict[str, str] | None = None) -> pd.DataFrame:
+    """A report's metrics.csv (e.g. a committed results/<experiment>/metrics.csv) as collect()'s frame:
+    the group keys are the columns between `group` and `method` (and `method`), and each group is
+    labelled afresh (bench.report.labels), so a CSV written before the short labels reads like a new one."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"No metrics file {path}.")
+    try:
+        df = pd.read_csv(path, dtype={"git_commit": str, "eval_seed": str, "reference": str, "teacher_sha256": str})
+    except Exception as e:
+        raise BenchError(f"{path} is not a readable CSV ({type(e).__name__}).") from None
+    missing = {"group", "seed", "steps", "metric", "value", "run_id", "method"} - set(df.columns)
+    if missing:
+        raise BenchError(f"{path} is not a `bench report` metrics.csv: it lacks the columns {sorted(missing)}.")
+    cols = list(df.columns)
+    keys = cols[cols.index("group") + 1:cols.index("method")] if cols.index("group") < cols.index("method") else []
+    if df["method"].nunique() > 1 or not keys:  # as group_keys() chose them: method only where it tells groups apart
+        keys = ["method", *keys]
+    if "profile" in df.columns and df["profile"].nunique() > 1:
+        keys.append("profile")
+    first = df.drop_duplicates("group")
+    configs = {g: {k: r[k] for k in ["method", *keys] if k in r} for g, r in zip(first["group"], first.to_dict("records"))}
+    from bench.report.labels import variant_labels
+
+    labels = variant_labels(configs, keys, names)
+    df["group"] = df["group"].map(labels)
+    df = df.rename(columns={f"fid_floor_{k}": k for k in FLOORS})  # collect()'s names
+    for k in ("num_samples",):
+        if k in df.columns:
+            df[k] = df[k].fillna(0).astype(int)
+    df.attrs["group_keys"] = keys
+    df.attrs["source"] = path
+    return df

@@ -16,10 +16,18 @@ CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (see
            "(n - 1 degrees of freedom); a single run shows its value")
 
 
+def plain(x: float, digits: int) -> str:
+    """x to `digits` significant digits as %g writes it, but without an exponent from 1e-3 to 1e7 (940, not 9.4e+02)."""
+    if math.isnan(x) or x == 0 or abs(x) < 1e-3 or abs(x) >= 1e7:
+        return f"{x:.{digits}g}"
+    text = f"{x:.{max(digits - 1 - math.floor(math.log10(abs(x))), 0)}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text  # as %g writes it: no trailing zeros
+
+
 def format_ci(mean: float, half: float) -> str:
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.4g}" + ("" if math.isnan(half) else f" ± {half:.2g}")
+    return plain(mean, 4) + ("" if math.isnan(half) else f" ± {plain(half, 2)}")
 
 
 def fid_table(df: pd.DataFrame) -> str:
@@ -59,8 +67,9 @@ def floor_note(fid: pd.DataFrame) -> str:
              f"reference images ({r.feature_space}, {r.num_samples} samples)" for r in rows.itertuples()]
     return ("\nFID floor, what a perfect sampler scores against this reference set (the runs' fid_floor_* "
             f"metrics): {'; '.join(parts)}. Below the first, samples are closer to the reference images than "
-            "new data would be; a single run within about one sd of the floor cannot be told from a perfect sampler, "
-            "and differences between rows near it are the estimate's, not the methods'.\n")
+            "new data would be. The sd redraws the reference set as well as the samples; every row here shares one "
+            "reference set and its evaluation noise, which cancel in the paired differences (leaderboard.md), so rows "
+            "near the floor can still be ordered.\n")
 
 
 def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:

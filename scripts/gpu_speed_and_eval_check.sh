@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU figures for issues 5 and 11, as one script: about 6 minutes on one H100/H200 (budget: under 10).
-#   bash results/gpu/run.sh            # from the repository root
+#   bash scripts/gpu_speed_and_eval_check.sh            # from the repository root
 # Writes results/gpu/<device>/{device,speed-dit-b2,digits-dit-s2-*,eval-check}.txt.
 # Nothing is downloaded: the SD-VAE and Inception stand-ins are randomly initialised networks of the
 # real architectures (same speed, meaningless features), so the DiT-B/2 figures are timings, not FIDs;
@@ -89,7 +89,7 @@ echo "[$SECONDS s] digits after done"
 
 # 4. end to end on digits with the small model: train with CUDA graphs, then FID at n = 1, 4, M in fp32 (TF32)
 #    and bf16, compiled (same noise), with the evaluator's estimate against the measured time
-$PY results/gpu/eval_check.py --method shortcut --model "$SMALL" --steps "$CHECK_STEPS" \
+$PY scripts/eval_pipeline_check.py --method shortcut --model "$SMALL" --steps "$CHECK_STEPS" \
     --set train.compile=true --set train.compile_mode=reduce-overhead --set eval.compile=true $SMALL_SET \
     2>&1 | grep -v "^W1\|UserWarning" | tee "$OUT/eval-check.txt"
 echo "[$SECONDS s] eval check done"

@@ -1,4 +1,4 @@
-"""scripts/issue23_runs.sh (the digits runs issue 23 leaves to a machine with the time): its commands, printed
+"""scripts/run_distillation_variants.sh (the digits runs issue 23 leaves to a machine with the time): its commands, printed
 by --dry-run, parse as `bench run` arguments and resolve to valid configs; nothing is trained here."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "issue23_runs.sh"
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "run_distillation_variants.sh"
 
 
 def dry_run(*args: str) -> list[list[str]]:
@@ -32,12 +32,12 @@ def test_first_command_parses_and_every_run_resolves():
     from bench.config import resolve
 
     commands = dry_run("--seeds", "0 1", "--cfg-scale", "2")
-    assert commands[-1] == ["bench", "report", "-e", "digits-issue23"]
+    assert commands[-1] == ["bench", "report", "-e", "digits-distillation-variants"]
     runs = commands[:-1]
     assert len(runs) == 2 * 5
     first = parse_run(runs[0])
     assert (first["method"], first["profile"], first["experiment"], first["seed"], first["set_"]) == (
-        "flow_matching", "digits", "digits-issue23", 0, [])
+        "flow_matching", "digits", "digits-distillation-variants", 0, [])
     seen = []
     for argv in runs:
         p = parse_run(argv)

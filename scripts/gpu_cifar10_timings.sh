@@ -2,14 +2,14 @@
 # GPU figures for issue 25 (the cifar10 profile, DDPM++ U-Net ~56M), as one script: sized for under 7 minutes on
 # one H100/H200 including torch.compile warm-up; every stage has its own time limit, so an overrun cuts that stage
 # short (its partial output is kept) and the next one still runs.
-#   bash results/gpu/cifar10.sh            # from the repository root; files go to $OUT (default results/gpu/cifar10-<device>)
+#   bash scripts/gpu_cifar10_timings.sh            # from the repository root; files go to $OUT (default results/gpu/cifar10-<device>)
 # Nothing is downloaded: the CIFAR-10 archive is a stand-in in the official format (50,000 structured random
 # images, tests/cifar10_format.py) and Inception a randomly initialised network of the real shape, so the
 # timings are the real ones and the FIDs mean nothing.
 # Needs, beyond torch / numpy / pandas / seaborn / scikit-learn / typer: torch-fidelity (installed from $WHEELS when
 # missing; `pip download --no-deps -d results/gpu/wheels torch-fidelity==0.4.0`; its dependencies scipy, Pillow and
 # torchvision come with the H200 image). No MLflow, Ray, clean-fid or diffusers: training and evaluation go through
-# results/gpu/eval_check.py (the harness's Trainer and Evaluator without the tracking store).
+# scripts/eval_pipeline_check.py (the harness's Trainer and Evaluator without the tracking store).
 #
 # Stages and outputs (at most 6 files):
 #   device.txt          GPU, versions, commit
@@ -90,7 +90,7 @@ RC=${PIPESTATUS[0]}; stage "speed-methods" $((SECONDS - T0)) "$T_ALL" "$RC"
 # 4. a short training of flow matching and the shortcut (bf16; compile off unless TRAIN_COMPILE=true: one compile
 #    per method would take most of the budget), then FID-N_EVAL at EVAL_STEPS (bf16) through the Evaluator
 T0=$SECONDS
-timeout "$T_TRAIN" $PY results/gpu/eval_check.py --profile cifar10 --method flow_matching,shortcut --steps "$TRAIN_STEPS" \
+timeout "$T_TRAIN" $PY scripts/eval_pipeline_check.py --profile cifar10 --method flow_matching,shortcut --steps "$TRAIN_STEPS" \
     --precisions bf16 --eval-steps "$EVAL_STEPS" --set "data.spec=$DATA" --set "eval.inception_weights=$WORK/inception.pth" \
     --set "eval.num_samples=$N_EVAL" --set train.lr_warmup=0 --set train.checkpoint_every=100000 \
     --set "train.compile=$TRAIN_COMPILE" --set "eval.compile=$TRAIN_COMPILE" \

@@ -1,6 +1,6 @@
 """Issue 24's cost, side by side in one process (medians of interleaved repeats, ratios only):
 
-    PYTHONPATH=. python results/digits-levels/cost.py [PROFILE] [REPS] [EVAL_REPS]     # digits 40 2
+    PYTHONPATH=. python scripts/level_logging_cost.py [PROFILE] [REPS] [EVAL_REPS]     # digits 40 2
 
 1. Training step time of the profile's shortcut with the per-level logging (the sc_level_j row
    groups, their means at every log point, and the loss-by-t bins, here on at every step: the worst

@@ -3,7 +3,7 @@ with --virtual-time-budget left MLflow's plotly charts spinning. Waits 20 s of r
 types FILTER into the page's search box, waits 10 s more. Needs chromium and aiohttp (an MLflow dependency).
 
   mlflow ui --backend-store-uri sqlite:////abs/store/mlflow.db --host 127.0.0.1 --port 5055 &
-  python results/mlflow/screenshot.py \
+  python scripts/screenshot_mlflow_ui.py \
     "http://127.0.0.1:5055/#/experiments/1/runs/RUN_ID/model-metrics?workflowType=machine_learning" out.png fid
 """
 import asyncio, base64, json, subprocess, sys, tempfile, time, urllib.request

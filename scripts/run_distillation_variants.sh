@@ -8,7 +8,7 @@
 # and then `bench report` on the experiment. The digits profile has cfg_scale 1 (where baked and
 # sampling are the same model), so the PD pair runs at W (default 1.5, the imagenet256 profile's).
 #
-# Usage: scripts/issue23_runs.sh [--seeds "0 1 2"] [--experiment digits-issue23] [--cfg-scale 1.5]
+# Usage: scripts/run_distillation_variants.sh [--seeds "0 1 2"] [--experiment digits-distillation-variants] [--cfg-scale 1.5]
 #                                [--profile digits] [--teachers-from EXPERIMENT] [--threads N]
 #                                [--out DIR] [--dry-run]
 # --dry-run prints the commands (teacher ids as FM_<seed>) and runs nothing.
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 SEEDS="0 1 2"
-EXPERIMENT="digits-issue23"
+EXPERIMENT="digits-distillation-variants"
 CFG_SCALE="1.5"
 PROFILE="digits"
 TEACHERS_FROM=""
@@ -37,13 +37,13 @@ while [ $# -gt 0 ]; do
         --threads) THREADS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
-        *) echo "issue23_runs.sh: unknown argument $1 (see the usage at the top of the script)" >&2; exit 2 ;;
+        *) echo "run_distillation_variants.sh: unknown argument $1 (see the usage at the top of the script)" >&2; exit 2 ;;
     esac
 done
 BENCH="${BENCH:-python -m bench.cli}"
 PYTHON="${PYTHON:-python}"
 if [ -n "$THREADS" ] && ! [[ "$THREADS" =~ ^[1-9][0-9]*$ ]]; then
-    echo "issue23_runs.sh: --threads takes a positive integer, got '$THREADS'" >&2; exit 2
+    echo "run_distillation_variants.sh: --threads takes a positive integer, got '$THREADS'" >&2; exit 2
 fi
 
 teacher_of() {  # the newest finished flow-matching run of seed $1 in experiment $2
@@ -61,7 +61,7 @@ bench_run() {  # bench_run ARGS...: print the command; run it unless --dry-run; 
     LAST_RUN_ID=$(sed -n 's/^run \([0-9a-f]*\) in experiment .*/\1/p' "$log" | tail -n 1)
     rm -f "$log"
     if [ -z "$LAST_RUN_ID" ]; then
-        echo "issue23_runs.sh: no run id in the output of: $BENCH run $*" >&2
+        echo "run_distillation_variants.sh: no run id in the output of: $BENCH run $*" >&2
         exit 1
     fi
 }
@@ -78,7 +78,7 @@ for S in $SEEDS; do
     else
         TEACHER=$(teacher_of "$S" "$TEACHERS_FROM")
         if [ -z "$TEACHER" ]; then
-            echo "issue23_runs.sh: no finished flow_matching run of seed $S in experiment $TEACHERS_FROM" >&2
+            echo "run_distillation_variants.sh: no finished flow_matching run of seed $S in experiment $TEACHERS_FROM" >&2
             exit 1
         fi
     fi

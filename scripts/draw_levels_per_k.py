@@ -1,8 +1,8 @@
-"""The per-level losses per k from two experiments: a `--sweep` of k = 1/8, 1/2 (k_ends.toml) and
+"""The per-level losses per k from two experiments: a `--sweep` of k = 1/8, 1/2 (sweeps/k_ends.toml) and
 the run of the same config at k = 1/4 in another experiment (one seed each), drawn by bench report's
 own functions:
 
-    PYTHONPATH=. python results/digits-levels/k_figure.py SWEEP_EXPERIMENT OTHER_EXPERIMENT OTHER_RUN_ID OUT_DIR
+    PYTHONPATH=. python scripts/draw_levels_per_k.py SWEEP_EXPERIMENT OTHER_EXPERIMENT OTHER_RUN_ID OUT_DIR
 """
 
 from __future__ import annotations
