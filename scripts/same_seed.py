@@ -9,6 +9,10 @@ difference, so a refactor that claims no behaviour change can be checked:
 
     scripts/same_seed.sh 7edd239          # runs every method in 7edd239's tree and in this one, then this
     python scripts/same_seed.py STORE_A STORE_B --experiment same-seed
+
+A change that reorders floating-point sums (a faster formula of a distance) may be let through for the
+metrics it names, within a relative bound, and is then said: `--close fid,kid,kid_std --rel 1e-6` prints
+each such metric's largest relative difference per method; anything else must still be identical.
 """
 
 from __future__ import annotations
@@ -51,12 +55,23 @@ def same(a: float, b: float) -> bool:
     return a == b or (np.isnan(a) and np.isnan(b))
 
 
+def relative(a: float, b: float) -> float:
+    """|a - b| / max(|a|, |b|) (0 where both are 0 or both nan)."""
+    if same(a, b):
+        return 0.0
+    scale = max(abs(a), abs(b))
+    return abs(a - b) / scale if scale > 0 else float("inf")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store_a")
     ap.add_argument("store_b")
     ap.add_argument("--experiment", default="same-seed")
+    ap.add_argument("--close", default="", help="Comma list of metrics allowed to differ within --rel (said, per method).")
+    ap.add_argument("--rel", type=float, default=1e-6, help="Relative bound for the --close metrics.")
     args = ap.parse_args()
+    close = {k for k in args.close.split(",") if k}
     a, b = runs(args.store_a, args.experiment), runs(args.store_b, args.experiment)
     ok = set(a) == set(b) and bool(a)
     print("| method | EMA sha256 (16) | samples sha256 | metric points | identical | new in B |")
@@ -67,6 +82,11 @@ def main() -> int:
             continue
         pa, pb = a[m]["points"], b[m]["points"]
         diff = [k for k in pa if k not in pb or not same(pa[k], pb[k])]
+        near = {}  # metric -> largest relative difference, for the --close metrics within --rel
+        for k in [k for k in diff if k in pb and k[0].split("/")[-1].rsplit("_n", 1)[0] in close]:
+            if relative(pa[k], pb[k]) <= args.rel:
+                near[k[0]] = max(near.get(k[0], 0.0), relative(pa[k], pb[k]))
+                diff.remove(k)
         new = sorted({k[0] for k in pb if k not in pa})
         equal = not diff and a[m]["ema"] == b[m]["ema"] and a[m]["samples"] == b[m]["samples"]
         ok &= equal
@@ -75,7 +95,10 @@ def main() -> int:
         print(f"| {m} | {ema} | {smp} | {len(pa)} | {equal} | {', '.join(new)} |")
         for k in diff[:5]:
             print(f"|   differs: {k[0]} at step {k[1]} | {pa[k]} | {pb.get(k)} |")
-    print("every method identical" if ok else "DIFFERENT (or no runs)")
+        if near:
+            print(f"|   within {args.rel:g}: " + ", ".join(f"{k} (largest relative difference {v:.1e})" for k, v in sorted(near.items())) + " |")
+    tail = f" but {', '.join(sorted(close))} within {args.rel:g}" if close else ""
+    print(f"every method identical{tail}" if ok else "DIFFERENT (or no runs)")
     return 0 if ok else 1
 
 

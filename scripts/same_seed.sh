@@ -5,7 +5,8 @@
 # hashes, samples and every logged metric point. About 3 minutes per tree on 2 CPU cores.
 #
 #   scripts/same_seed.sh 7edd239 [OUT_DIR]      # exit 0: every method identical
-# Environment: PYTHON (default python).
+# Environment: PYTHON (default python); SAME_SEED_ARGS (passed to same_seed.py, e.g.
+# "--close fid,kid,kid_std --rel 1e-6" where a change reorders a distance's sums and says so).
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 REV [OUT_DIR]" >&2; exit 2; }
 REV=$1; OUT=$(realpath -m "${2:-$(mktemp -d)}"); PYTHON=${PYTHON:-python}
@@ -26,4 +27,4 @@ for side in "before:$OLD" "after:$HERE"; do
     echo "$name $m done"
   done
 done
-PYTHONPATH="$HERE" "$PYTHON" "$HERE/scripts/same_seed.py" "$OUT/store-before" "$OUT/store-after" --experiment same-seed
+PYTHONPATH="$HERE" "$PYTHON" "$HERE/scripts/same_seed.py" "$OUT/store-before" "$OUT/store-after" --experiment same-seed ${SAME_SEED_ARGS:-}
