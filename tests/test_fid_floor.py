@@ -89,7 +89,9 @@ def test_a_run_logs_its_floor_and_the_report_prints_it(tmp_path):
     again = execute(cfg, "floor", progress=False, echo=lambda *_: None)  # the cached floor is the same
     assert client().get_run(again.run_id).data.metrics["fid_floor_fresh"] == metrics["fid_floor_fresh"]
     table = fid_table(collect("floor"))
-    assert f"{metrics['fid_floor_fresh']:.3g} (one perfect-sampler run lands within ± {metrics['fid_floor_fresh_sd']:.2g}" in table
+    assert (f"{metrics['fid_floor_fresh']:.3g} (one perfect-sampler run against this reference set lands within "
+            f"± {metrics['fid_floor_fresh_sd_fixed_ref']:.2g} of it (1 sd), ± {metrics['fid_floor_fresh_sd']:.2g} with the "
+            f"reference set drawn anew too") in table
     assert "(coords, 500 samples)" in table and metrics["fid_floor_fresh_sd"] > metrics["fid_floor_fresh_se"]
     assert "table.md" in {p.name for p in write_report("floor", tmp_path / "out")}
 
@@ -109,3 +111,26 @@ def test_the_report_shades_the_floor_plus_minus_one_runs_sd():
     assert min(ys) == pytest.approx(2.25) and max(ys) == pytest.approx(4.75)
     assert [ln.get_ydata()[0] for ln in ax.lines] == [3.5]
     plt.close(fig)
+
+
+def test_the_sd_with_the_reference_held_fixed_matches_simulated_runs_against_one_reference():
+    """fid_floor_fresh_sd_fixed_ref against the measured sd of FID(num_samples fresh samples, ONE reference
+    set) over fresh sample draws, averaged over several reference sets; it sits under the sd that redraws
+    the reference too (both are estimated from the reference rows alone)."""
+    rng = np.random.default_rng(5)
+    draw = gaussian(rng, 8)
+    n_ref, num_samples = 600, 900
+    floors = [fid_floor(draw(n_ref), num_samples, splits=32, seed=s) for s in range(6)]
+    est = np.mean([f["fid_floor_fresh_sd_fixed_ref"] for f in floors])
+    per_reference = []
+    for _ in range(8):
+        ref = draw(n_ref)
+        per_reference.append(np.std([frechet_distance(draw(num_samples), ref) for _ in range(80)], ddof=1))
+    assert est == pytest.approx(np.mean(per_reference), rel=0.2)
+    assert est < np.mean([f["fid_floor_fresh_sd"] for f in floors])
+
+
+def test_the_fixed_reference_sd_is_left_out_where_a_sample_set_is_too_small():
+    ref = gaussian(np.random.default_rng(6), 40)(200)  # halves of 100 > 40 dims; thirds of the other half: 33
+    out = fid_floor(ref, 500, splits=4)
+    assert "fid_floor_fresh_sd" in out and "fid_floor_fresh_sd_fixed_ref" not in out

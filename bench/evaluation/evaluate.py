@@ -203,12 +203,11 @@ class Evaluator:
 
         N, ref = self.cfg.eval.num_samples, self.reference_features()
         splits = M.floor_splits(ref.shape[1])
-        path = self.cache_dir / f"floor-{self.cache_name()[:-4]}-n{N}-s{splits}.json"
+        # v2: with fid_floor_fresh_sd_fixed_ref; an older file (no such key) is left alone and redone
+        path = self.cache_dir / f"floor-{self.cache_name()[:-4]}-n{N}-s{splits}-v2.json"
         if path.is_file():
             try:
-                cached = json.loads(path.read_text())
-                if not cached or "fid_floor_fresh_sd" in cached:  # a cache from before the sd was logged is redone
-                    return cached
+                return json.loads(path.read_text())
             except ValueError:
                 pass
         floor = M.fid_floor(ref, N, splits)

@@ -148,6 +148,9 @@ def floor_splits(dim: int) -> int:
     return 64 if dim <= 256 else 16
 
 
+FIXED_REF_GROUPS = 3  # disjoint sample sets per split for fid_floor_fresh_sd_fixed_ref
+
+
 def fid_floor(ref: np.ndarray, num_samples: int, splits: int | None = None, seed: int = 0) -> dict[str, float]:
     """The FID a perfect sampler scores with `num_samples` samples against the reference set `ref`
     (N_ref, D), the level under which a model's differences are not its own:
@@ -157,13 +160,19 @@ def fid_floor(ref: np.ndarray, num_samples: int, splits: int | None = None, seed
       Forsyth 2020), so the FID of two disjoint random halves of the reference, divided by
       1/n_1 + 1/n_2, estimates the slope c, and the floor is c (1/num_samples + 1/N_ref);
       fid_floor_fresh_se is its standard error over the splits (how well the mean is known).
-    - fid_floor_fresh_sd: how far ONE perfect-sampler run lands from fid_floor_fresh: the standard
-      deviation of the split FIDs, each scaled by the same factor. To first order FID between two
-      samples of one distribution is (1/n_a + 1/n_b) times a fixed quadratic form of Gaussian
-      fluctuations (the mean term and the covariance term both), so its whole distribution, spread
-      included, scales like its mean; a split is one draw of fresh data against fresh reference data,
-      so this is the spread over both the samples and the reference set (checked against
-      simulated Gaussians in tests/test_fid_floor.py). sd = se x sqrt(splits): the s.e. is not it.
+    - fid_floor_fresh_sd: how far ONE perfect-sampler run lands from fid_floor_fresh when the reference
+      set is drawn anew too: the standard deviation of the split FIDs, each scaled by the same factor. To
+      first order FID between two samples of one distribution is a fixed quadratic form of the Gaussian
+      fluctuations of both (mean and covariance terms alike), so its whole distribution, spread included,
+      scales like its mean, with 1/n_a + 1/n_b (checked against simulated Gaussians in
+      tests/test_fid_floor.py). sd = se x sqrt(splits): the s.e. is not it.
+    - fid_floor_fresh_sd_fixed_ref: the same spread with the reference set held fixed, as the runs of one
+      evaluation see it (they all share it): in each split one half is held as the reference and the other
+      is cut into FIXED_REF_GROUPS disjoint sample sets, each new data independent of it and of the others;
+      the variance of their FIDs given the held half, averaged over splits, scaled from those sizes
+      (m, h) to (num_samples, N_ref) by the first-order law for a fixed reference, variance proportional
+      to 1/m^2 + 2/(m h) (the quadratic form's variance with one side's fluctuation fixed, averaged over
+      that side). Omitted where a sample set has no more rows than dimensions.
     - fid_floor_copy: a sampler that reproduces reference images: `num_samples` rows drawn with
       replacement from `ref`, against `ref`. A model that scores under fid_floor_fresh is closer to
       the reference images than new data would be (when they are its training data: it copies them).
@@ -177,16 +186,26 @@ def fid_floor(ref: np.ndarray, num_samples: int, splits: int | None = None, seed
     splits = splits or floor_splits(dim)
     rng = np.random.default_rng(seed)
     half = n_ref // 2
-    slopes, copies = [], []
+    group = (n_ref - half) // FIXED_REF_GROUPS
+    slopes, copies, fixed_vars = [], [], []
     for _ in range(splits):
         perm = rng.permutation(n_ref)
-        slopes.append(frechet_distance(ref[perm[:half]], ref[perm[half:]]) / (1 / half + 1 / (n_ref - half)))
+        held = Gaussian.of(ref[perm[:half]])
+        slopes.append(frechet_from_statistics(Gaussian.of(ref[perm[half:]]), held) / (1 / half + 1 / (n_ref - half)))
         copies.append(frechet_distance(ref[rng.integers(0, n_ref, num_samples)], ref))
+        if group > dim:
+            fids = [frechet_from_statistics(Gaussian.of(ref[perm[half + i * group: half + (i + 1) * group]]), held)
+                    for i in range(FIXED_REF_GROUPS)]
+            fixed_vars.append(np.var(fids, ddof=1))
     scale = 1 / num_samples + 1 / n_ref
-    return {"fid_floor_fresh": float(np.mean(slopes)) * scale,
-            "fid_floor_fresh_se": float(np.std(slopes, ddof=1) / np.sqrt(splits)) * scale,
-            "fid_floor_fresh_sd": float(np.std(slopes, ddof=1)) * scale,
-            "fid_floor_copy": float(np.mean(copies))}
+    out = {"fid_floor_fresh": float(np.mean(slopes)) * scale,
+           "fid_floor_fresh_se": float(np.std(slopes, ddof=1) / np.sqrt(splits)) * scale,
+           "fid_floor_fresh_sd": float(np.std(slopes, ddof=1)) * scale,
+           "fid_floor_copy": float(np.mean(copies))}
+    if fixed_vars:
+        ra, rb, rm, rh = 1 / num_samples, 1 / n_ref, 1 / group, 1 / half
+        out["fid_floor_fresh_sd_fixed_ref"] = float(np.sqrt(np.mean(fixed_vars) * (ra**2 + 2 * ra * rb) / (rm**2 + 2 * rm * rh)))
+    return out
 
 
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_projections: int = 512, seed: int = 0) -> float:

@@ -208,13 +208,18 @@ def plot_fid_vs_compute(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
 
 def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float, label: bool = True) -> None:
     """The fresh-data floor as a dotted line and, where the runs logged it, the band floor ± one
-    perfect-sampler run's sd (fid_floor_fresh_sd), clipped to the axis (lo, hi); one reference set only."""
+    perfect-sampler run's sd as the runs see it: against their one reference set (fid_floor_fresh_sd_fixed_ref),
+    else with the reference drawn anew too (fid_floor_fresh_sd, the wider); clipped to the axis (lo, hi);
+    one reference set only."""
     if len(fl) != 1:
         return
-    f, sd = float(fl["fresh"].iloc[0]), float(fl["fresh_sd"].iloc[0]) if "fresh_sd" in fl else math.nan
+    f = float(fl["fresh"].iloc[0])
+    fixed = float(fl["fresh_sd_fixed_ref"].iloc[0]) if "fresh_sd_fixed_ref" in fl else math.nan
+    sd = fixed if not math.isnan(fixed) else (float(fl["fresh_sd"].iloc[0]) if "fresh_sd" in fl else math.nan)
+    what = "this reference set" if not math.isnan(fixed) else "the reference redrawn"
     if not math.isnan(sd) and f - sd < hi and f + sd > lo:
         ax.axhspan(max(f - sd, lo), min(f + sd, hi), color="0.5", alpha=0.15, lw=0,
-                   label="floor ± sd of one perfect-sampler run" if label else None)
+                   label=f"floor ± sd of one perfect-sampler run ({what})" if label else None)
     if lo < f < hi:
         ax.axhline(f, color="0.35", ls=":", lw=1.2, label="floor: new data" if label else None)
 

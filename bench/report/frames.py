@@ -26,7 +26,9 @@ PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.check
            "eval.inception_weights", "method.classifier_weights"}
 
 
-FLOORS = ("fresh", "fresh_se", "fresh_sd", "copy")  # the runs' fid_floor_* metrics, columns of collect()'s frame
+# the runs' fid_floor_* metrics, columns of collect()'s frame; fresh_sd_fixed_ref: runs from 2026-12 on
+# (nan in older runs and CSVs)
+FLOORS = ("fresh", "fresh_se", "fresh_sd", "fresh_sd_fixed_ref", "copy")
 
 
 def collect(experiment: str, uri: str | None = None, names: dict[str, str] | None = None) -> pd.DataFrame:
@@ -232,6 +234,9 @@ def read_metrics_csv(path, names: dict[str, str] | None = None) -> pd.DataFrame:
     labels = variant_labels(configs, keys, names)
     df["group"] = df["group"].map(labels)
     df = df.rename(columns={f"fid_floor_{k}": k for k in FLOORS})  # collect()'s names
+    for k in FLOORS:  # a CSV written before a floor column existed
+        if k not in df.columns:
+            df[k] = math.nan
     for k in ("num_samples",):
         if k in df.columns:
             df[k] = df[k].fillna(0).astype(int)

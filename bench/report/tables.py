@@ -48,8 +48,9 @@ def fid_table(df: pd.DataFrame) -> str:
 def floors(fid: pd.DataFrame) -> pd.DataFrame:
     """Per (feature space, samples per n): the mean of the runs' fid_floor_* metrics (runs logged
     before the floor existed are left out; every run of one reference set and N logs the same)."""
-    if not set(FLOORS) <= set(fid.columns):
+    if not {"fresh", "fresh_se", "copy"} <= set(fid.columns):
         return pd.DataFrame(columns=["feature_space", "num_samples", *FLOORS])
+    fid = fid.assign(**{k: fid[k] if k in fid.columns else math.nan for k in FLOORS})
     have = fid.dropna(subset=["fresh"]).drop_duplicates("run_id")
     return have.groupby(["feature_space", "num_samples"], as_index=False)[list(FLOORS)].mean()
 
@@ -60,16 +61,18 @@ def floor_note(fid: pd.DataFrame) -> str:
         return ""
 
     def spread(r) -> str:
-        sd = "" if math.isnan(r.fresh_sd) else f"one perfect-sampler run lands within ± {r.fresh_sd:.2g} of it (1 sd); "
-        return f"({sd}s.e. of this mean {r.fresh_se:.1g})"
+        fixed = "" if math.isnan(r.fresh_sd_fixed_ref) else (
+            f"one perfect-sampler run against this reference set lands within ± {r.fresh_sd_fixed_ref:.2g} of it (1 sd), ")
+        redrawn = "" if math.isnan(r.fresh_sd) else f"± {r.fresh_sd:.2g} with the reference set drawn anew too; "
+        return f"({fixed}{redrawn}s.e. of this mean {r.fresh_se:.1g})"
 
     parts = [f"{r.fresh:.3g} {spread(r)} for new data from the reference's distribution and {r.copy:.3g} for copies of "
              f"reference images ({r.feature_space}, {r.num_samples} samples)" for r in rows.itertuples()]
     return ("\nFID floor, what a perfect sampler scores against this reference set (the runs' fid_floor_* "
             f"metrics): {'; '.join(parts)}. Below the first, samples are closer to the reference images than "
-            "new data would be. The sd redraws the reference set as well as the samples; every row here shares one "
-            "reference set and its evaluation noise, which cancel in the paired differences (leaderboard.md), so rows "
-            "near the floor can still be ordered.\n")
+            "new data would be. Every row here shares one reference set, so the spread a run sees is the first sd "
+            "(where logged); the reference's own draw and the evaluation noise cancel in the paired differences "
+            "(leaderboard.md), so rows near the floor can still be ordered.\n")
 
 
 def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:

@@ -391,7 +391,9 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
         tracker.log_metrics(floor, step=0)
         echo(f"FID floor at {p.cfg.eval.num_samples} samples against the {len(p.evaluator.reference)} reference "
              f"{'images' if p.data.kind == 'images' else 'rows'}: {floor['fid_floor_fresh']:.3g} for new data from their distribution "
-             f"(sd of one such run {floor['fid_floor_fresh_sd']:.2g}; s.e. of this mean {floor['fid_floor_fresh_se']:.1g}), "
+             f"(sd of one such run {floor['fid_floor_fresh_sd']:.2g} with the reference drawn anew too"
+             + (f", {floor['fid_floor_fresh_sd_fixed_ref']:.2g} against this reference set" if "fid_floor_fresh_sd_fixed_ref" in floor else "")
+             + f"; s.e. of this mean {floor['fid_floor_fresh_se']:.1g}), "
              f"{floor['fid_floor_copy']:.3g} for copies of them (metrics fid_floor_*)")
     return dict(sorted(results.items()))
 
