@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -173,14 +174,23 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world_size
-        if self.cfg.train.grad_clip > 0:
+        tc, span = self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps)
+        stage = self.method.stage_optimiser(self.step, tc.steps)  # a stretch the method steps apart from train.*
+        clip, weight_decay, ema_decay = tc.grad_clip, tc.weight_decay, tc.ema_decay
+        if stage is not None:
+            if stage.fresh_state and self.step == stage.first:
+                self.opt.state.clear()  # a new optimiser for the stretch: moments from zero
+            tc = dataclasses.replace(tc, lr=stage.lr, lr_schedule=stage.lr_schedule, lr_warmup=stage.lr_warmup)
+            span, clip, weight_decay, ema_decay = (stage.first, stage.count), stage.grad_clip, stage.weight_decay, stage.ema_decay
+        if clip > 0:
             # one norm over everything the optimiser steps: the model and the method's modules (RDD's head)
-            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + self.method_params, self.cfg.train.grad_clip)
-        lr = lr_at(self.step, self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps))
+            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + self.method_params, clip)
+        lr = lr_at(self.step, tc, span)
         for g in self.opt.param_groups:  # constant: train.lr, the value the groups already hold
             g["lr"] = lr
+            g["weight_decay"] = weight_decay
         self.opt.step()
-        self._update_ema()
+        self._update_ema(ema_decay)
         self.method.on_step_end(self.step, self.model, self.ema)
         groups = {k.split("/", 1)[1]: m for k, m in tg.info.items() if k.startswith("row_group/")}
         # a group without rows in this step is nan (0 / 0): the log interval's mean skips it
@@ -216,8 +226,8 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.cfg.train.ema_decay
+    def _update_ema(self, decay: float) -> None:
+        """EMA <- decay EMA + (1 - decay) model; decay 0: the EMA is the live weights."""
         ema_p = list(self.ema.parameters())
         torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1.0 - decay)
         for be, bm in zip(self.ema.buffers(), self.model.buffers()):
