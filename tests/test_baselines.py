@@ -125,7 +125,8 @@ def test_progressive_stage_schedule_is_equal_shares_of_the_training_steps():
     assert [teacher_step_size(i, 128) for i in range(1, 8)] == [1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2]
     # final_steps = 4 at M = 128: 128 -> 64 -> 32 -> 16 -> 8 -> 4, five stages of 100 steps; the last student d = 1/4
     assert [stage_of_step(s, 500, 128, 4) for s in (0, 99, 100, 399, 400, 499)] == [1, 1, 2, 4, 5, 5]
-    m = make("progressive", M=128, train_steps=500, final_steps=4, teacher=Affine(0.0, torch.zeros(1, dtype=torch.float64)))
+    m = make("progressive", M=128, train_steps=500, final_steps=4, teacher=Affine(0.0, torch.zeros(1, dtype=torch.float64)),
+             student_d="step")  # d = the student's step (the authors' default feeds 0)
     m.refresh_teacher(Affine(0.0, torch.zeros(1, dtype=torch.float64)))
     assert set(m.targets(None, None, gauss_batch(64), 499, torch.Generator().manual_seed(0)).d.tolist()) == {1 / 4}
 
@@ -151,7 +152,7 @@ def test_progressive_stage1_target_is_the_average_of_two_teacher_euler_steps():
     # affine teacher v = a x + c: v1 = a x + c, v2 = a (x + d v1) + c, so (v1 + v2) / 2 = (a x + c)(1 + a d / 2)
     a, c = 0.7, torch.tensor([0.3], dtype=torch.float64)
     M, steps = 8, 30
-    m = make("progressive", M=M, train_steps=steps, teacher=Affine(a, c))
+    m = make("progressive", M=M, train_steps=steps, teacher=Affine(a, c), student_d="step")
     batch = gauss_batch(256)
     tg = m.targets(None, None, batch, 0, torch.Generator().manual_seed(0))
     d = 1 / M
@@ -165,7 +166,7 @@ def test_progressive_stage1_target_is_the_average_of_two_teacher_euler_steps():
 def test_progressive_refreshes_its_teacher_with_the_student_at_stage_boundaries():
     M, steps = 8, 30
     flow_teacher = ExactVelocity()
-    m = make("progressive", M=M, train_steps=steps, teacher=flow_teacher)
+    m = make("progressive", M=M, train_steps=steps, teacher=flow_teacher, student_d="step")  # ExactAverage reads d
     student = ExactAverage()  # an ideal stage-1 student: its 2/M jumps are exact
     for s in range(9):
         m.on_step_end(s, model=None, ema=student)

@@ -88,7 +88,10 @@ SHARED = {"train.lr": 1e-4, "train.lr_schedule": "constant", "train.beta1": 0.9,
 PER_METHOD = {
     "flow_matching": {},
     "shortcut": {"recipe": "paper", "k": 0.25, "flow_d": "zero", "levels": "uniform", "eval_weights": "ema"},
-    "progressive": {"refresh_from": "ema", "cfg": "baked", "final_steps": 1},
+    # PD as kvfrans/shortcut-models runs it: targets_progressive.py lines 34/49 clip x_t2 to [-4, 4]; train.py line 140
+    # ignore_dt for PD (d = 0 everywhere); no label dropout in PD's targets; one schedule for the run (lines 146-153)
+    "progressive": {"refresh_from": "ema", "cfg": "baked", "final_steps": 1, "clip": 4.0, "student_d": "zero",
+                    "dropout_rows": "none", "lr_per_stage": False, "reading": "final"},
     "consistency_training": {"schedule": "authors", "target_decay": 0.95},
     "consistency_distillation": {"target_decay": 0.95},
     "reflow": {"num_pairs": 50_000},
