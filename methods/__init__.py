@@ -9,7 +9,7 @@ from methods.diffusion import Diffusion
 from methods.flow_matching import FlowMatching
 from methods import meanflow
 from methods.meanflow import MeanFlow
-from methods.pd_variants import ClassifierDistillation, RelationalDistillation
+from methods.pd_variants import ClassifierDistillation, RelationalDistillation, legacy_pd_variant_options
 from methods.progressive import Progressive, legacy_progressive_options
 from methods.reflow import LiveReflow, Reflow, legacy_live_reflow_options
 from methods.shortcut import Shortcut
@@ -39,7 +39,8 @@ def legacy_d_scale(method_name: str, options: dict) -> float:
 
 
 # method options of a config stored before a key existed: the values that run trained with
-LEGACY_OPTIONS = {LiveReflow.name: legacy_live_reflow_options, Progressive.name: legacy_progressive_options}
+LEGACY_OPTIONS = {LiveReflow.name: legacy_live_reflow_options, Progressive.name: legacy_progressive_options,
+                  ClassifierDistillation.name: legacy_pd_variant_options, RelationalDistillation.name: legacy_pd_variant_options}
 
 
 def legacy_options(method_name: str, options: dict) -> dict:

@@ -98,11 +98,15 @@ PER_METHOD = {
     "live_reflow": {"recipe": "authors", "rollout_steps": 8, "k": 0.125, "flow_d": "min"},
     "meanflow": {"mean_fraction": 0.25, "adaptive_p": 1.0, "time_input_scale": 0.01},
     "diffusion": {"parameterization": "v", "num_timesteps": 1024},
-    "cfd": {"cfg": "baked", "final_steps": 1, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.95,
-            "beta": 0.003, "gamma": 0.75},
-    "rdd": {"cfg": "baked", "final_steps": 1, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.95,
+    # the releases stop at the 4-step student (8 -> 4 with the classifier) and step each classifier stage with Adam
+    # 5e-5, cosine to 0, clip 1.0, no EMA (zju-SWJ/RCFD RCFD.py lines 151-152, 188; config/CIFAR10_RCFD.txt);
+    # RDD's feature temperature 0.9 (cantbebetter2/RDD train_rdd.sh, --temperature 0.9)
+    "cfd": {"cfg": "baked", "final_steps": 4, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.95,
+            "beta": 0.003, "gamma": 0.75, "stage_optimiser": "released", "stage_lr": 5e-5},
+    "rdd": {"cfg": "baked", "final_steps": 4, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.9,
             "beta": 0.0, "pair_weight": 1.0, "pair_temperature": 1.0, "memory_weight": 0.1, "memory_temperature": 0.1,
-            "queue_size": 20_000, "queue_update": 128, "num_anchors": 4096, "anchors": "fixed"},
+            "queue_size": 20_000, "queue_update": 128, "num_anchors": 4096, "anchors": "fixed",
+            "stage_optimiser": "released", "stage_lr": 5e-5},
 }
 
 
