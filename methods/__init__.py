@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.errors import BenchError
 from methods.base import Batch, Method, MethodOptions, Targets
-from methods.consistency import ConsistencyDistillation, ConsistencyTraining
+from methods.consistency import ConsistencyDistillation, ConsistencyTraining, legacy_cd_options
 from methods.diffusion import Diffusion
 from methods.flow_matching import FlowMatching
 from methods import meanflow
@@ -40,7 +40,8 @@ def legacy_d_scale(method_name: str, options: dict) -> float:
 
 # method options of a config stored before a key existed: the values that run trained with
 LEGACY_OPTIONS = {LiveReflow.name: legacy_live_reflow_options, Progressive.name: legacy_progressive_options,
-                  ClassifierDistillation.name: legacy_pd_variant_options, RelationalDistillation.name: legacy_pd_variant_options}
+                  ClassifierDistillation.name: legacy_pd_variant_options, RelationalDistillation.name: legacy_pd_variant_options,
+                  ConsistencyDistillation.name: legacy_cd_options}
 
 
 def legacy_options(method_name: str, options: dict) -> dict:

@@ -254,12 +254,12 @@ def test_consistency_distillation_has_the_exact_consistency_function_as_fixed_po
     m = make("consistency_distillation", M=M, train_steps=10, teacher=ExactStep(M))
     batch = gauss_batch(2048)
     ideal = ExactConsistency()
-    tg = m.targets(ideal, None, batch, 0, torch.Generator().manual_seed(0))
+    tg = m.targets(ideal, ideal, batch, 0, torch.Generator().manual_seed(0))  # the training EMA reads x_t2 (authors)
     assert torch.allclose(tg.target, ideal(tg.x_t, tg.t, tg.d, tg.y), atol=1e-5)  # t is float32
     assert torch.all(tg.d == 0) and torch.allclose(tg.t * M, (tg.t * M).round())
     # with the exact velocity (an Euler step) it is off by O(1/M) at most
     m = make("consistency_distillation", M=M, train_steps=10, teacher=ExactVelocity())
-    tg = m.targets(ideal, None, batch, 0, torch.Generator().manual_seed(0))
+    tg = m.targets(ideal, ideal, batch, 0, torch.Generator().manual_seed(0))
     assert (tg.target - ideal(tg.x_t, tg.t, tg.d, tg.y)).abs().max().item() < 0.05
 
 
@@ -279,7 +279,8 @@ def test_consistency_target_network_is_an_ema_of_the_student(name):
     # theta^- starts at the student (w = 1); the student moves to w = 3; after two steps with mu = 0.5:
     # 1 -> 0.5 * 1 + 0.5 * 3 = 2 -> 0.5 * 2 + 0.5 * 3 = 2.5; the target uses theta^-: F2 = x_t2 + (1 - t2) w^-
     student = Scalar(1.0)
-    fine = {"schedule": "fine"} if name == "consistency_training" else {}  # CT's own target network: schedule = fine
+    # a target network of its own: CT's schedule = fine, CD's target = own (the authors' read the training EMA)
+    fine = {"schedule": "fine"} if name == "consistency_training" else {"target": "own"}
     m = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0), **fine)
     batch = gauss_batch(64)
     m.targets(student, None, batch, 39, torch.Generator().manual_seed(0))
@@ -600,7 +601,7 @@ def test_declared_passes_per_step_match_the_rows_evaluated(name):
     teacher = NFECounter(TinyNet(num_classes=3))
     m = make(name, M=M, train_steps=steps, num_classes=3, teacher=teacher if METHODS[name].needs_teacher else None,
              **({"num_pairs": 40} if name == "reflow" else {}),
-             **({"target_decay": 0.0} if name == "consistency_distillation" else {}))  # the target network = the counted model (CT: the EMA)
+             **({"target": "own", "target_decay": 0.0} if name == "consistency_distillation" else {}))  # the target network = the counted model (CT: the EMA)
     model, ema = NFECounter(TinyNet(num_classes=3)), NFECounter(TinyNet(num_classes=3))
     g = torch.Generator().manual_seed(0)
     batch = Batch(x1=torch.randn(B, 2), x0=torch.randn(B, 2), y=torch.randint(0, 4, (B,)), null_class=3)

@@ -93,7 +93,8 @@ PER_METHOD = {
     "progressive": {"refresh_from": "ema", "cfg": "baked", "final_steps": 1, "clip": 4.0, "student_d": "zero",
                     "dropout_rows": "none", "lr_per_stage": False, "reading": "final"},
     "consistency_training": {"schedule": "authors", "target_decay": 0.95},
-    "consistency_distillation": {"target_decay": 0.95},
+    # targets_consistency_distillation.py line 26 clips x_t2 to [-4, 4], line 27 reads it with the training EMA
+    "consistency_distillation": {"target_decay": 0.95, "target": "training_ema", "clip": 4.0},
     "reflow": {"num_pairs": 50_000},
     "live_reflow": {"recipe": "authors", "rollout_steps": 8, "k": 0.125, "flow_d": "min"},
     "meanflow": {"mean_fraction": 0.25, "adaptive_p": 1.0, "time_input_scale": 0.01},
