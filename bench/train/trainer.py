@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bench.files import checkpoint
 from bench.config import Config, TrainConfig
 from bench.data import Dataset
+from bench.data.dataset import flip_rows
 from bench.errors import BenchError, NonFiniteLoss
 from methods.base import Batch, Method
 
@@ -99,6 +100,8 @@ class Trainer:
         if tc.batch_size % self.world_size:
             raise BenchError(f"train.batch_size = {tc.batch_size} does not divide into {self.world_size} data-parallel ranks.")
         self.local_batch_size = tc.batch_size // self.world_size  # train.batch_size is the global batch
+        if cfg.data.augment != "none" and (data.kind != "images" or data.latent):
+            raise BenchError(f"data.augment = {cfg.data.augment} flips images; {data.name} holds {'latents' if data.latent else data.kind}.")
         self.cfg, self.method, self.data, self.device = cfg, method, data, device
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()  # exact copy at step 0
@@ -143,6 +146,8 @@ class Trainer:
         B = self.local_batch_size
         idx = torch.randint(len(self.data), (B,), generator=self.data_gen)
         x1, y = self.data.get(idx)
+        if self.cfg.data.augment == "flip":  # training only: the data's reference set stays as it is
+            x1 = flip_rows(x1, self.data_gen)
         x1 = x1.to(self.device, non_blocking=True)
         if y is None:
             y = y_kept = torch.full((B,), self.null_class, dtype=torch.long, device=self.device)
