@@ -34,9 +34,11 @@ steps, kept at that stage's end; n = M the flow teacher; n below final_steps the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -147,7 +149,8 @@ class Progressive(Method):
         self._stage_teacher: nn.Module | None = None  # frozen copy of the student; None while stage 1's teacher is in use
         self._pending: dict | None = None  # stage-teacher weights loaded before any teacher module exists (sampling only)
         self._stage_students: dict[int, dict] = {}  # step count n -> the weights (CPU) of the student distilled to n steps
-        self._stage_nets: dict[int, nn.Module] = {}  # modules built from them when sampling with reading = per_stage
+        self._stage_nets: dict[int, list] = {}  # those weights on the sampled network's device (reading = per_stage)
+        self._network: tuple[nn.Module, nn.Module] | None = None  # (sampled model, the network inside it) last found
 
     @property
     def num_stages(self) -> int:
@@ -200,6 +203,8 @@ class Progressive(Method):
         done = step + 1  # steps completed
         if done < self.train_steps and self.stage(done) != self.stage(step):
             student = ema if self.opts.refresh_from == "ema" else model
+            if self.opts.M not in self._stage_students and self.teacher is not None:  # n = M: the flow teacher, for a
+                self.keep_stage_student(self.opts.M, self.teacher)  # checkpoint evaluated later without one
             self.keep_stage_student(self.opts.M >> self.stage(step), student)
             self.refresh_teacher(student)
 
@@ -242,30 +247,51 @@ class Progressive(Method):
         return {"forward_rows": batch_size, "backward_rows": batch_size,
                 "nograd_rows": 2 * batch_size * (1 + (1 / self.num_stages if guided else 0))}
 
-    def sampling_net(self, model: nn.Module, num_sampling_steps: int) -> tuple[nn.Module, bool]:
-        """(network, is the flow teacher) sampled at n steps: the final student (`model`) unless reading = per_stage."""
-        n = num_sampling_steps
-        if self.opts.reading == "final" or n <= self.opts.final_steps:
-            return model, False
-        if n >= self.opts.M:
-            if self.teacher is None:
-                raise BenchError(f"reading = per_stage samples n = M = {n} with the flow teacher, and this run has none loaded.")
-            return self.teacher, True
-        if n not in self._stage_students:
-            raise BenchError(f"reading = per_stage needs the student distilled to {n} steps, and this run kept none "
-                             f"(kept: {sorted(self._stage_students) or 'none'}; runs from before issue 37 keep none).")
-        if n not in self._stage_nets:
-            net = copy.deepcopy(getattr(model, "_orig_mod", model))
-            net.load_state_dict(self._stage_students[n])
-            self._stage_nets[n] = net.requires_grad_(False).eval()
-        return self._stage_nets[n], False
+    @contextlib.contextmanager
+    def sampled_net(self, model: nn.Module, num_sampling_steps: int) -> Iterator[tuple[nn.Module, bool]]:
+        """(network, is it the flow teacher) to sample n steps with: the final student (`model`) unless reading =
+        per_stage. A stage student's weights are copied into `model`'s network for the call and copied back after,
+        so whatever wraps the network (the evaluator's precision, an NFE counter, a compiled graph) wraps them too.
+        n = M: the flow teacher's weights, kept at stage 1's end; a student not distilled yet (an evaluation during
+        training): the current model."""
+        n, o = num_sampling_steps, self.opts
+        weights = self._stage_students.get(n) if o.reading == "per_stage" and n > o.final_steps else None
+        if weights is None and o.reading == "per_stage" and n >= o.M and self.teacher is not None:
+            yield self.teacher, True  # stage 1 has not ended yet: no copy of the teacher's weights
+            return
+        if weights is None:
+            yield model, False
+            return
+        own = self._network_in(model, weights).state_dict(keep_vars=True)
+        dst = [own[k].detach() for k in weights]
+        if n not in self._stage_nets:  # the student's weights on the network's device, once
+            self._stage_nets[n] = [weights[k].to(device=d.device, dtype=d.dtype) for k, d in zip(weights, dst)]
+        backup = [d.clone() for d in dst]
+        for d, w in zip(dst, self._stage_nets[n]):
+            d.copy_(w)
+        try:
+            yield model, n >= o.M
+        finally:
+            for d, w in zip(dst, backup):
+                d.copy_(w)
+
+    def _network_in(self, model: nn.Module, weights: dict) -> nn.Module:
+        """The submodule of `model` whose state_dict has exactly the keys of `weights` (the network inside any wrapper)."""
+        if self._network is not None and self._network[0] is model:
+            return self._network[1]
+        keys = set(weights)
+        inner = next((m for m in model.modules() if set(m.state_dict()) == keys), None)
+        if inner is None:
+            raise BenchError("reading = per_stage could not find the student's network inside the sampled model.")
+        self._network = (model, inner)
+        return inner
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
         n = num_sampling_steps
         tt = full(t, x)
-        net, is_teacher = self.sampling_net(model, n)
-        w = self.opts.cfg_scale if is_teacher or self.opts.cfg == "sampling" else 1.0
-        d = 0.0 if is_teacher or self.opts.student_d == "zero" else 1.0 / n
-        v = velocity(net, x, tt, full(d, x), y, w, self.null_class)
+        with self.sampled_net(model, n) as (net, is_teacher):
+            w = self.opts.cfg_scale if is_teacher or self.opts.cfg == "sampling" else 1.0
+            d = 0.0 if is_teacher or self.opts.student_d == "zero" else 1.0 / n
+            v = velocity(net, x, tt, full(d, x), y, w, self.null_class)
         return x + v / n
 

@@ -155,7 +155,7 @@ def test_pd_per_stage_reading_on_a_tiny_run():
     """M = 4, 4 steps: stage 1 (steps 0-1) distils the 2-step student, stage 2 the 1-step one. reading = per_stage
     samples n = 2 with the student kept at stage 1's end, n = 4 with the flow teacher, n = 1 with the final
     model; reading = final (the authors' evaluation) samples every n with the final model."""
-    from bench.evaluation.sampling import sample
+    from bench.evaluation.sampling import count_nfe, sample
     from bench.models import build_model
     from bench.train.run import prepare
     from bench.train.trainer import Trainer
@@ -181,7 +181,8 @@ def test_pd_per_stage_reading_on_a_tiny_run():
     tr.fit()
     m = tr.method
     kept = m.state_dict()["stage_students"]
-    assert set(kept) == {2} and all(torch.equal(kept[2][k].cpu(), v) for k, v in seen["student_2"].items())
+    assert set(kept) == {2, 4} and all(torch.equal(kept[2][k].cpu(), v) for k, v in seen["student_2"].items())
+    assert all(torch.equal(kept[4][k], v) for k, v in teacher.state_dict().items())  # n = M: the teacher's weights
     student_2 = copy.deepcopy(tr.ema)
     student_2.load_state_dict(seen["student_2"])
     g = torch.Generator().manual_seed(1)
@@ -192,10 +193,21 @@ def test_pd_per_stage_reading_on_a_tiny_run():
         torch.testing.assert_close(sample(m, ema, x0, y, 4), euler_by_hand(teacher, x0, y, 4, 0.0))
         torch.testing.assert_close(sample(m, ema, x0, y, 1), euler_by_hand(ema, x0, y, 1, 0.0))
         assert not torch.allclose(sample(m, ema, x0, y, 2), euler_by_hand(ema, x0, y, 2, 0.0))
+        # the student runs inside the sampled model (its weights swapped in and back): wrappers see every call
+        assert [count_nfe(m, ema, x0, y, n) for n in (1, 2, 4)] == [1, 2, 4]
+        assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), tr.ema.state_dict().values()))
+        restored = copy.deepcopy(tr.ema.state_dict())
+        sample(m, ema, x0, y, 2)
+        assert all(torch.equal(restored[k], v) for k, v in ema.state_dict().items())
         final = METHODS["progressive"](dataclass_replace(cfg.method, reading="final"), 0, teacher, train_steps=4)
         final.load_state_dict(m.state_dict())
         for n in (1, 2, 4):  # the authors' reading: the final student at every n
             torch.testing.assert_close(sample(final, ema, x0, y, n), euler_by_hand(ema, x0, y, n, 0.0))
+        # a checkpoint evaluated without a teacher (evaluate_checkpoint): n = M from the teacher's kept weights
+        bare = METHODS["progressive"](cfg.method, 0, None, train_steps=4)
+        bare.load_state_dict(copy.deepcopy(m.state_dict()))
+        for n in (1, 2, 4):
+            torch.testing.assert_close(sample(bare, ema, x0, y, n), sample(m, ema, x0, y, n))
     # a separate row: the reading is a sampling-time option the run records, not a deviation
     assert METHODS["progressive"].is_sampling_time("reading", cfg.method) and cfg.method.deviations() == {}
     assert cfg.flat()["method.reading"] == "per_stage"
