@@ -78,7 +78,9 @@ class StageOptimiser:
     """How the trainer steps the optimiser in one stretch of training, where a method sets it apart from
     train.* (CFD's and RDD's released stage optimiser). The schedule runs over [first, first + count);
     lr_schedule and lr_warmup as train.*; ema_decay 0 makes the EMA the live weights (no EMA);
-    fresh_state: the optimiser's moments start from zero at `first` (a new Adam per stage)."""
+    fresh_state: the optimiser's moments start from zero at `first` (a new Adam per stage);
+    modules_lr: a constant lr for the modules the method trains beside the model (None: the schedule's);
+    clip_modules: whether the gradient clip's norm covers those modules too."""
 
     first: int
     count: int
@@ -89,6 +91,8 @@ class StageOptimiser:
     grad_clip: float = 0.0
     ema_decay: float = 0.0
     fresh_state: bool = True
+    modules_lr: float | None = None
+    clip_modules: bool = True
 
 
 @dataclass

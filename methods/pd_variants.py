@@ -38,8 +38,8 @@ total_steps), line 188 clip_grad_norm_; config/CIFAR10_RCFD.txt --lr=5e-5 --wd=0
 --grad_clip=1.0 --warmup=0; RDD's train_rdd.py lines 171, 176, 220 the same). "released_all" steps
 every stage so (their PD.py lines 122-156 train the plain PD stages alike); "profile" (train.*'s
 optimiser and EMA, ours before issue 37) is a named deviation. Here the stretch is the stage's
-equal share of train.steps (the release: 10k steps per stage, 20k for RDD), and RDD's head shares the
-student's schedule and clip (the release gives it an Adam of its own at 5e-5, unscheduled, unclipped).
+equal share of train.steps (the release: 10k steps per stage, 20k for RDD); RDD's head steps at a
+constant stage_lr outside the clip, as its own Adam does in train_rdd.py (lines 173, 220, 223).
 The feature temperature: CFD 0.95, the paper's ResNet-18 setting (RCFD.py line 55 defaults to 0.9, its
 DenseNet-201 setting); RDD 0.9 (train_rdd.sh line 7 `--temperature 0.9`, read at diffusion.py line 330).
 Every KL is KL(teacher || student), summed over its softmax axis and averaged over its rows.
@@ -282,8 +282,10 @@ class ClassifierDistillation(Progressive):
         if o.stage_optimiser == "profile" or (o.stage_optimiser == "released" and not self.uses_classifier(stage)):
             return None
         first, end = stage_bounds(stage, train_steps, o.M, o.final_steps)
+        # RDD's head (trainable_modules): its own Adam at a constant lr, outside the clip (train_rdd.py lines 173, 220, 223)
         return StageOptimiser(first=first, count=end - first, lr=o.stage_lr, lr_schedule="cosine", lr_warmup=0,
-                              weight_decay=0.0, grad_clip=RELEASED_GRAD_CLIP, ema_decay=0.0, fresh_state=True)
+                              weight_decay=0.0, grad_clip=RELEASED_GRAD_CLIP, ema_decay=0.0, fresh_state=True,
+                              modules_lr=o.stage_lr, clip_modules=False)
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         tg = super().targets(model, ema, batch, step, generator)

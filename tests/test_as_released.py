@@ -360,6 +360,39 @@ def test_the_released_stage_optimiser_through_the_trainer(monkeypatch):
     assert all(m.stage_optimiser(s, 6) is None for s in range(6))
 
 
+def test_rdd_head_steps_as_its_own_adam_in_the_released_stage(monkeypatch):
+    """train_rdd.py: the head (loss_fun) has an Adam of its own at lr (line 173), never scheduled (only `optim` is,
+    line 176) and outside the clip (line 220 clips student_sampler's parameters only)."""
+    from bench.models import build_model
+    from bench.train.run import prepare
+    from bench.train.trainer import Trainer
+
+    over = ["train.steps=3", "train.batch_size=8", "model.hidden=32", "model.depth=2", "method.M=8", "queue_size=64",
+            "queue_update=16", "num_anchors=16"]
+    cfg = resolve("rdd", "digits", over)
+    torch.manual_seed(5)
+    teacher = build_model(cfg.model, (1, 8, 8), 10).requires_grad_(False).eval()
+    p = prepare(cfg, progress=False)
+    p.method.teacher = teacher
+    p.model.load_state_dict(teacher.state_dict())
+    tr = Trainer(cfg, p.method, p.model, p.data, p.device, progress=False)
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, *a, **k: (clipped.append(len(list(params))),
+                                                                                    real_clip([], *a, **k))[1])
+    seen, step = [], tr.opt.step
+
+    def record(*a, **k):
+        seen.append([g["lr"] for g in tr.opt.param_groups])
+        return step(*a, **k)
+
+    tr.opt.step = record
+    tr.fit()
+    student = [5e-5 * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3)]
+    assert [s[0] for s in seen] == pytest.approx(student, rel=1e-12) and [s[1] for s in seen] == [5e-5] * 3
+    assert clipped == [len(list(tr.model.parameters()))] * 3
+
+
 # ----------------------------------------------------------------------------- untagged knobs, now tagged
 
 

@@ -188,11 +188,12 @@ class Trainer:
             tc = dataclasses.replace(tc, lr=stage.lr, lr_schedule=stage.lr_schedule, lr_warmup=stage.lr_warmup)
             span, clip, weight_decay, ema_decay = (stage.first, stage.count), stage.grad_clip, stage.weight_decay, stage.ema_decay
         if clip > 0:
-            # one norm over everything the optimiser steps: the model and the method's modules (RDD's head)
-            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + self.method_params, clip)
+            # one norm over everything the optimiser steps: the model and the method's modules (RDD's head), unless the stretch says
+            modules = self.method_params if stage is None or stage.clip_modules else []
+            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + modules, clip)
         lr = lr_at(self.step, tc, span)
-        for g in self.opt.param_groups:  # constant: train.lr, the value the groups already hold
-            g["lr"] = lr
+        for i, g in enumerate(self.opt.param_groups):  # constant: train.lr, the value the groups already hold
+            g["lr"] = stage.modules_lr if i > 0 and stage is not None and stage.modules_lr is not None else lr
             g["weight_decay"] = weight_decay
         self.opt.step()
         self._update_ema(ema_decay)
