@@ -402,6 +402,9 @@ def test_meanflow_and_song_name_their_departures():
     assert resolve("meanflow", "cifar10").method.deviations() == {"time_sampling": "uniform", "time_input_scale": 0.01}
     paper = ["time_sampling=logit_normal", "time_input_scale=1", "adaptive_p=1"]
     assert resolve("meanflow", "smoke", paper).method.deviations() == {}
+    # the paper's lognorm(-0.4, 1) is in its time, z_t = (1 - t) x + t eps (t = 1 noise): here t = 1 is data, so +0.4
+    assert resolve("meanflow", "smoke", paper).method.logit_mean == -(-0.4)
+    assert resolve("meanflow", "smoke", paper + ["logit_mean=-0.4"]).method.deviations() == {"logit_mean": -0.4, "logit_std": 1.0}
     song = resolve("consistency_training", "smoke", ["schedule=song"]).method.deviations()
     assert song["schedule"] == "song" and "LPIPS" in song["song_loss"] and "rho 7" in song["song_grid"]
 
