@@ -1,4 +1,4 @@
-"""`bench`: run, report, methods, profiles, digits-classifier, digits-probe.
+"""`bench`: run, report, methods, profiles, deviations, digits-classifier, digits-probe.
 
 Heavy imports (torch, mlflow, ray) happen inside the commands so `bench --help` stays fast.
 Exit codes: 0 done; 2 bad input a user can fix (one line, nothing run), also click's usage errors;
@@ -178,6 +178,26 @@ def profiles(config: Optional[Path] = typer.Option(None, "--config")):
     doc = load_toml(config)
     for name, prof in sorted(doc.get("profiles", {}).items()):
         typer.echo(f"{name:14s} {prof.get('description', '')}")
+
+
+@app.command()
+def deviations(
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile in bench.toml (default: digits)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key, as for `bench run` (keys a method lacks are skipped for it)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="bench.toml to read (default: ./bench.toml or the checkout's)."),
+):
+    """Every method's knobs away from its published recipe under a profile: what `bench run` tags as method.deviations."""
+    from bench.config import resolve
+    from bench.train.run import deviation_text
+    from methods import METHODS
+
+    for name in sorted(METHODS):
+        try:
+            cfg = resolve(name, profile, set_, config_path=config)
+        except BenchError as e:  # a --set key another method lacks, say
+            typer.echo(f"{name:26s} (not resolved: {e})")
+            continue
+        typer.echo(f"{name:26s} {deviation_text(cfg) or '-'}")
 
 
 @app.command("digits-classifier")

@@ -32,6 +32,9 @@ class DataConfig:
     num_train: int = 50_000  # toys: points drawn once for training (fixed by data_seed)
     data_seed: int = 1234  # toys: seed of the training points and of the reference set
     labels: bool = True  # train on the dataset's labels (class-conditional, CFG); false: unconditional, labels ignored
+    # training-time augmentation of image batches: "none" or "flip" (each row flipped left-right with probability 1/2,
+    # as EDM's --xflip and MeanFlow's CIFAR-10 training); evaluation's reference set is never augmented
+    augment: str = "none"
 
 
 @dataclass
@@ -100,6 +103,7 @@ class EvalConfig:
 DEFAULT_SEED = 0  # the run seed where no profile, --seed or --set names one
 
 LR_SCHEDULES = ("constant", "cosine")
+AUGMENTATIONS = ("none", "flip")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 SECTIONS: dict[str, type] = {
@@ -385,6 +389,8 @@ def resolve_key(key: str, types: dict[str, dict[str, Any]], method_name: str, va
 
 def validate(cfg: Config) -> None:
     """Checks every method shares; the method's own checks come from Options.validate()."""
+    if cfg.data.augment not in AUGMENTATIONS:
+        raise BenchError(f"data.augment must be {' or '.join(AUGMENTATIONS)}, got {cfg.data.augment!r}.")
     m = cfg.method
     if m.M < 1 or m.M & (m.M - 1):
         raise BenchError(f"method.M must be a power of two (1, 2, 4, ..., 128, ...), got {m.M}.")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from bench.errors import BenchError
 from methods.base import Batch, Method, MethodOptions, Targets
-from methods.consistency import ConsistencyDistillation, ConsistencyTraining
+from methods.consistency import ConsistencyDistillation, ConsistencyTraining, legacy_cd_options
 from methods.diffusion import Diffusion
 from methods.flow_matching import FlowMatching
 from methods import meanflow
 from methods.meanflow import MeanFlow
-from methods.pd_variants import ClassifierDistillation, RelationalDistillation
-from methods.progressive import Progressive
+from methods.pd_variants import ClassifierDistillation, RelationalDistillation, legacy_pd_variant_options
+from methods.progressive import Progressive, legacy_progressive_options
 from methods.reflow import LiveReflow, Reflow, legacy_live_reflow_options
 from methods.shortcut import Shortcut
 
@@ -39,7 +39,9 @@ def legacy_d_scale(method_name: str, options: dict) -> float:
 
 
 # method options of a config stored before a key existed: the values that run trained with
-LEGACY_OPTIONS = {LiveReflow.name: legacy_live_reflow_options}
+LEGACY_OPTIONS = {LiveReflow.name: legacy_live_reflow_options, Progressive.name: legacy_progressive_options,
+                  ClassifierDistillation.name: legacy_pd_variant_options, RelationalDistillation.name: legacy_pd_variant_options,
+                  ConsistencyDistillation.name: legacy_cd_options}
 
 
 def legacy_options(method_name: str, options: dict) -> dict:

@@ -7,8 +7,9 @@ x_t + d f lands at x_{t+d}; y = null (index num_classes) is the unconditional to
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,28 @@ class LossLadder:
     labels: tuple[str, ...]
     base: str
     title: str = ""
+
+
+@dataclass(frozen=True)
+class StageOptimiser:
+    """How the trainer steps the optimiser in one stretch of training, where a method sets it apart from
+    train.* (CFD's and RDD's released stage optimiser). The schedule runs over [first, first + count);
+    lr_schedule and lr_warmup as train.*; ema_decay 0 makes the EMA the live weights (no EMA);
+    fresh_state: the optimiser's moments start from zero at `first` (a new Adam per stage);
+    modules_lr: a constant lr for the modules the method trains beside the model (None: the schedule's);
+    clip_modules: whether the gradient clip's norm covers those modules too."""
+
+    first: int
+    count: int
+    lr: float
+    lr_schedule: str = "cosine"
+    lr_warmup: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    ema_decay: float = 0.0
+    fresh_state: bool = True
+    modules_lr: float | None = None
+    clip_modules: bool = True
 
 
 @dataclass
@@ -147,6 +170,10 @@ class Method:
         """(first step, step count) of the stretch that train.lr_schedule runs over at `step`:
         the whole run by default; progressive distillation restarts it at every stage."""
         return 0, train_steps
+
+    def stage_optimiser(self, step: int, train_steps: int) -> StageOptimiser | None:
+        """The optimiser settings of `step` when the method sets them apart from train.* (None: train.*'s)."""
+        return None
 
     def passes_per_step(self, batch_size: int) -> dict[str, float]:
         """Rows through the network per training step: forward with grad, backward, and no-grad (priced by step_cost)."""
@@ -242,6 +269,23 @@ def velocity(model: nn.Module, x: Tensor, t: Tensor, d: Tensor, y: Tensor, cfg_s
     both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]), torch.cat([y, torch.full_like(y, null_class)]))
     v_c, v_u = both.chunk(2)
     return v_u + cfg_scale * (v_c - v_u)
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """`net` in eval mode (dropout off) for a target or roll-out query, its mode restored after: the authors
+    query every target with train=False (kvfrans/shortcut-models targets_shortcut.py, baselines/*.py)."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+def clip_point(x: Tensor, bound: float) -> Tensor:
+    """x clamped to [-bound, bound] (0 = no clip): the authors' jnp.clip(x_t2, -4, 4) on the second query point."""
+    return x.clamp(-bound, bound) if bound > 0 else x
 
 
 def full(value: float, like: Tensor) -> Tensor:

@@ -22,8 +22,18 @@ F_theta(x_t, t) = sg(F_ema(x_t2, t2)), written as a velocity target for the shar
   mu0 = 0.9. Their N points are spaced in EDM's sigma with rho = 7; here they are spaced evenly in
   t on [0, 1] (delta = 1 / (N(k) - 1)), the grid the authors' phases use (phase p is N = 2^p + 1),
   so the two schedules differ in N(k) and mu(k) only;
+  "song" departs from Song et al. in two named, logged ways (deviations()): the grid is even in t, not
+  EDM's sigma grid with rho = 7, and the distance is the MSE of the shared trainer, not LPIPS;
 - distillation (CD): x_t2 = x_t + delta T(x_t, t, 0) with the flow teacher T, delta = 1/M, t on
-  the 1/M grid; the student starts as a copy of the teacher.
+  the 1/M grid; the student starts as a copy of the teacher. As the authors' code
+  (baselines/targets_consistency_distillation.py): the first step is the teacher's (line 23,
+  `train_state_teacher.call_model_ema`: the flow run's EMA, what a teacher is loaded as), x_t2 is
+  clipped to [-4, 4] (line 26, `clip`), and the second point is read by the student's own training
+  EMA (line 27, `train_state.call_model_ema`, target_update_rate 0.999 in train.py): here the trainer's
+  EMA, train.ema_decay (`target = "training_ema"`). `target = "own"` (ours before issue 37, a named
+  deviation) keeps a target network of its own, an EMA of the student with decay target_decay (0.95).
+  CT does not clip (its x_t2 lies on the noise-data path; targets_consistency_training.py line 27).
+Every target query runs the network in eval mode (the authors' train=False: no dropout).
 Sampling with n steps (multistep consistency sampling): x1_hat = F(x, t), then
 x <- (1 - t') z + t' x1_hat with fresh z ~ N(0, I), t' = t + 1/n; the last step returns x1_hat.
 """
@@ -37,7 +47,8 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
-from methods.base import Batch, Method, MethodOptions, Targets, TeacherOptions, bshape, full, grid_times, interpolate, velocity
+from methods.base import (Batch, Method, MethodOptions, Targets, TeacherOptions, bshape, clip_point, eval_mode, full, grid_times,
+                          interpolate, velocity)
 
 
 def authors_ct_level(step: int, train_steps: int, M: int) -> int:
@@ -108,13 +119,46 @@ class ConsistencyTrainingOptions(ConsistencyOptions):
             raise BenchError(f"method.mu0 must be in (0, 1), got {self.mu0}.")
 
     def deviations(self) -> dict[str, object]:
-        # "authors" and "song" are published; "fine" (down to delta = 1/M, a target network of its own) is ours
-        return {"schedule": self.schedule, "target_decay": self.target_decay} if self.schedule == "fine" else {}
+        # "authors" is published as run; "song" is Song et al.'s N(k) and mu(k) on this harness's grid and loss;
+        # "fine" (down to delta = 1/M, a target network of its own) is ours
+        if self.schedule == "fine":
+            return {"schedule": self.schedule, "target_decay": self.target_decay}
+        if self.schedule == "song":
+            return {"schedule": "song", "song_grid": "even in t (Song et al.: EDM sigma, rho 7)", "song_loss": "mse (Song et al.: LPIPS)"}
+        return {}
 
 
 @dataclass
 class ConsistencyDistillationOptions(ConsistencyOptions, TeacherOptions):
-    pass
+    # the network that reads the second point: "training_ema" (authors: the student's training EMA, train.ema_decay)
+    # or "own" (a target network of its own, EMA target_decay from the teacher's weights; a deviation)
+    target: str = "training_ema"
+    clip: float = 4.0  # clip x_t2 to [-clip, clip] (authors: targets_consistency_distillation.py line 26); 0 = off
+
+    def validate(self) -> None:
+        super().validate()
+        if self.target not in ("training_ema", "own"):
+            raise BenchError(f"method.target must be training_ema or own, got {self.target!r}.")
+        if self.target == "training_ema" and self.target_decay != ConsistencyDistillationOptions.target_decay:
+            raise BenchError(f"method.target_decay is read by target = own only (training_ema: train.ema_decay); "
+                             f"got {self.target_decay} with target = training_ema.")
+        if self.clip < 0:
+            raise BenchError(f"method.clip must be >= 0 (0 = off), got {self.clip}.")
+
+    def deviations(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.target != "training_ema":
+            out.update(target=self.target, target_decay=self.target_decay)
+        if self.clip != 4.0:
+            out["clip"] = self.clip
+        return out
+
+
+def legacy_cd_options(options: dict) -> dict:
+    """Options of a CD run stored before issue 37: a target network of its own, no clip."""
+    if "target" in options:
+        return options
+    return {"target": "own", "clip": 0.0, **options}
 
 
 class _Consistency(Method):
@@ -180,8 +224,9 @@ class _Consistency(Method):
             self._pending = weights
 
     def _target(self, model, ema, x_t, t, x_t2, t2, y):
-        with torch.no_grad():
-            F2 = self.consistency_fn(self.target_net(model, ema), x_t2, t2, y)
+        net = self.target_net(model, ema)
+        with torch.no_grad(), eval_mode(net):  # the live student as target (target_decay 0) too: no dropout
+            F2 = self.consistency_fn(net, x_t2, t2, y)
         return (F2 - x_t) / bshape(1 - t, x_t)
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
@@ -254,6 +299,14 @@ class ConsistencyDistillation(_Consistency):
     needs_teacher = True
     init_from_teacher = True
 
+    @property
+    def training_ema_target(self) -> bool:
+        return self.opts.target == "training_ema"
+
+    @property
+    def live_target(self) -> bool:
+        return self.opts.target == "own" and self.opts.target_decay == 0.0
+
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         x0, x1, y = batch.x0, batch.x1, batch.y
         B, dev, M = x1.shape[0], x1.device, self.opts.M
@@ -263,8 +316,8 @@ class ConsistencyDistillation(_Consistency):
         t = grid_times(B, M, generator, dev)
         t2 = t + delta
         x_t = interpolate(x0, x1, t)
-        with torch.no_grad():
-            x_t2 = x_t + delta * self.teacher(x_t, t, torch.zeros_like(t), y)
+        with torch.no_grad(), eval_mode(self.teacher):
+            x_t2 = clip_point(x_t + delta * self.teacher(x_t, t, torch.zeros_like(t), y), self.opts.clip)
         target = self._target(model, ema, x_t, t, x_t2, t2, y)
         return Targets(x_t=x_t, t=t, d=torch.zeros_like(t), y=y, target=target)
 

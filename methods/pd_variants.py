@@ -29,6 +29,19 @@ spatial map m. In those stages the loss is lambda_pd * MSE (the released code: 0
   at the wrap, overwrites its last rows and restarts at 0 (lines 143-145); this one stores whole
   pixel embeddings in an exact ring.
 `final_steps` (progressive.py) stops the stages at that student; the stages in `loss_stages` must be among them.
+As released, cfd and rdd stop at the 4-step student (final_steps = 4: zju-SWJ/RCFD and cantbebetter2/RDD
+distil 8 -> 4 with the classifier, config/CIFAR10_RCFD.txt `--base_ckpt ./logs/CIFAR10/8`, train_rdd.sh
+line 3 `--logdir ./logs/8to4/rdd`) and train the classifier stages with their own optimiser
+(`stage_optimiser = "released"`): a fresh Adam at lr 5e-5, weight decay 0, cosine to 0 over the stage,
+no warm-up, gradient-norm clip 1.0, no EMA (RCFD.py lines 151-152 Adam + CosineAnnealingLR(T_max =
+total_steps), line 188 clip_grad_norm_; config/CIFAR10_RCFD.txt --lr=5e-5 --wd=0. --ema_decay=0
+--grad_clip=1.0 --warmup=0; RDD's train_rdd.py lines 171, 176, 220 the same). "released_all" steps
+every stage so (their PD.py lines 122-156 train the plain PD stages alike); "profile" (train.*'s
+optimiser and EMA, ours before issue 37) is a named deviation. Here the stretch is the stage's
+equal share of train.steps (the release: 10k steps per stage, 20k for RDD); RDD's head steps at a
+constant stage_lr outside the clip, as its own Adam does in train_rdd.py (lines 173, 220, 223).
+The feature temperature: CFD 0.95, the paper's ResNet-18 setting (RCFD.py line 55 defaults to 0.9, its
+DenseNet-201 setting); RDD 0.9 (train_rdd.sh line 7 `--temperature 0.9`, read at diffusion.py line 330).
 Every KL is KL(teacher || student), summed over its softmax axis and averaged over its rows.
 """
 
@@ -42,8 +55,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import BenchError
-from methods.base import Batch, Targets, bshape, full
-from methods.progressive import Progressive, ProgressiveOptions, num_stages
+from methods.base import Batch, StageOptimiser, Targets, bshape, full
+from methods.progressive import Progressive, ProgressiveOptions, legacy_progressive_options, num_stages, stage_bounds, stage_of_step
+
+# the released stage optimiser (RCFD.py lines 151-152, 188; config/CIFAR10_RCFD.txt): Adam, lr 5e-5, weight
+# decay 0, cosine to 0 over the stage, no warm-up, gradient-norm clip 1.0, EMA decay 0 (no EMA)
+RELEASED_STAGE_LR = 5e-5
+RELEASED_GRAD_CLIP = 1.0
+STAGE_OPTIMISERS = ("released", "released_all", "profile")
+CLASSIFIERS = ("auto", "digits-probe", "resnet18")
 
 # ----------------------------------------------------------------------------- the losses
 
@@ -118,9 +138,20 @@ class PixelQueue:
 # ----------------------------------------------------------------------------- the methods
 
 
+def legacy_pd_variant_options(options: dict) -> dict:
+    """Options of a CFD or RDD run stored before issue 37: PD's knobs as they ran, the stages on train.*'s optimiser."""
+    if "stage_optimiser" in options:
+        return options
+    return {**legacy_progressive_options(options), "stage_optimiser": "profile", **options}
+
+
 @dataclass
 class CFDOptions(ProgressiveOptions):
-    # cfd and rdd keep progressive's cfg ("baked") and final_steps (1; the papers compare 4-step students: --set final_steps=4)
+    final_steps: int = 4  # as released: the 8 -> 4 stage is the last (progressive's default is 1)
+    # the optimiser of the classifier stages: "released" (see the module docstring), "released_all" (every stage) or
+    # "profile" (train.*'s optimiser and EMA; a deviation)
+    stage_optimiser: str = "released"
+    stage_lr: float = RELEASED_STAGE_LR  # peak lr of the released stage optimiser (cosine to 0 over each stage)
     loss_stages: str = "4"  # student step counts of the stages with this loss ("4": the 8 -> 4 stage, as released), comma list or "all"
     lambda_pd: float = 0.0  # weight of PD's MSE in those stages (the released code has none); 1 elsewhere
     feature_temperature: float = 0.95  # tau on the teacher's feature softmax (CFD: 0.95 with ResNet-18, 0.9 with DenseNet-201)
@@ -138,8 +169,27 @@ class CFDOptions(ProgressiveOptions):
             raise BenchError(f"method.gamma must be in [0, 1], got {self.gamma}.")
         if not self.feature_temperature > 0:
             raise BenchError(f"method.feature_temperature must be > 0, got {self.feature_temperature}.")
-        if self.classifier not in ("auto", "digits-probe", "resnet18"):
+        if self.classifier not in CLASSIFIERS:
             raise BenchError(f"method.classifier must be auto, digits-probe or resnet18, got {self.classifier!r}.")
+        if self.stage_optimiser not in STAGE_OPTIMISERS:
+            raise BenchError(f"method.stage_optimiser must be {', '.join(STAGE_OPTIMISERS)}, got {self.stage_optimiser!r}.")
+        if not self.stage_lr > 0:
+            raise BenchError(f"method.stage_lr must be > 0, got {self.stage_lr}.")
+
+    # the released temperature of the feature softmax (RDD overrides it)
+    RELEASED_TEMPERATURE = 0.95
+
+    def deviations(self) -> dict[str, object]:
+        out = super().deviations()
+        if self.stage_optimiser == "profile":
+            out["stage_optimiser"] = "profile"
+        elif self.stage_lr != RELEASED_STAGE_LR:
+            out["stage_lr"] = self.stage_lr
+        if self.feature_temperature != self.RELEASED_TEMPERATURE:
+            out["feature_temperature"] = self.feature_temperature
+        if self.classifier == "resnet18":  # the releases distil through a classifier trained on CIFAR-10 at 32 px
+            out["classifier"] = "resnet18 (ImageNet weights at 224 px; released: DenseNet-201 / ResNet-18 trained on CIFAR-10)"
+        return out
 
     def student_steps(self) -> set[int]:
         """The stages of loss_stages as the student's step counts (M/2, ..., final_steps)."""
@@ -159,6 +209,7 @@ class CFDOptions(ProgressiveOptions):
 @dataclass
 class RDDOptions(CFDOptions):
     beta: float = 0.0  # RDD keeps CFD's feature KL only, not its dataset term
+    feature_temperature: float = 0.9  # as released (train_rdd.sh line 7, --temperature 0.9; diffusion.py line 330)
     pair_weight: float = 1.0  # (i) sample-to-sample pixel relations
     pair_temperature: float = 1.0  # tau1
     memory_weight: float = 0.1  # (ii) relations to the FIFO queue of teacher pixel embeddings
@@ -183,6 +234,8 @@ class RDDOptions(CFDOptions):
         if self.anchors == "fixed" and self.num_anchors > self.queue_size:
             raise BenchError(f"method.num_anchors ({self.num_anchors}) must not exceed queue_size ({self.queue_size}) "
                              f"with fixed anchors (evenly spaced slots of the queue).")
+
+    RELEASED_TEMPERATURE = 0.9
 
     def deviations(self) -> dict[str, object]:
         return {**super().deviations(), **({"anchors": self.anchors} if self.anchors != "fixed" else {})}
@@ -222,6 +275,18 @@ class ClassifierDistillation(Progressive):
 
     def uses_classifier(self, stage: int) -> bool:
         return self.opts.M >> stage in self._steps
+
+    def stage_optimiser(self, step: int, train_steps: int) -> StageOptimiser | None:
+        """The released optimiser over the stage of `step` (each stage a fresh Adam), or None (train.*'s)."""
+        o = self.opts
+        stage = stage_of_step(step, train_steps, o.M, o.final_steps)
+        if o.stage_optimiser == "profile" or (o.stage_optimiser == "released" and not self.uses_classifier(stage)):
+            return None
+        first, end = stage_bounds(stage, train_steps, o.M, o.final_steps)
+        # RDD's head (trainable_modules): its own Adam at a constant lr, outside the clip (train_rdd.py lines 173, 220, 223)
+        return StageOptimiser(first=first, count=end - first, lr=o.stage_lr, lr_schedule="cosine", lr_warmup=0,
+                              weight_decay=0.0, grad_clip=RELEASED_GRAD_CLIP, ema_decay=0.0, fresh_state=True,
+                              modules_lr=o.stage_lr, clip_modules=False)
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         tg = super().targets(model, ema, batch, step, generator)

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError
-from methods.base import (Batch, LossLadder, Method, MethodOptions, Targets, TeacherOptions, check_fraction, euler, full, grid_times,
-                          interpolate, velocity)
+from methods.base import (Batch, LossLadder, Method, MethodOptions, Targets, TeacherOptions, check_fraction, euler, eval_mode, full,
+                          grid_times, interpolate, velocity)
 
 PAIR_CHUNK = 4096  # rows per teacher call while generating pairs
 
@@ -85,6 +85,7 @@ class Reflow(Method):
         x0 = torch.randn(L * P, *shape, generator=g, device=device, dtype=dtype)
         y = torch.arange(L, device=device).repeat_interleave(P)
         x1 = torch.empty_like(x0)
+        self.teacher.eval()  # frozen: no dropout
         for s in range(0, L * P, PAIR_CHUNK):
             x, yy = x0[s : s + PAIR_CHUNK], y[s : s + PAIR_CHUNK]
             x1[s : s + PAIR_CHUNK] = euler(x, lambda x_, t: self.teacher(x_, t, full(0.0, x_), yy), M)
@@ -172,9 +173,11 @@ class LiveReflow(Method):
 
     @torch.no_grad()
     def rollout(self, net, x0, y):
-        """x1_hat: `rollout_steps` Euler steps of the flow query (at flow_d, guided at w) from x0 at t = 0."""
-        return euler(x0, lambda x, t: velocity(net, x, t, full(self.flow_d, t), y, self.opts.cfg_scale, self.null_class),
-                     self.opts.rollout_steps)
+        """x1_hat: `rollout_steps` Euler steps of the flow query (at flow_d, guided at w) from x0 at t = 0, the
+        network in eval mode (targets_livereflow.py lines 33, 39: `train=False`, no dropout)."""
+        with eval_mode(net):
+            return euler(x0, lambda x, t: velocity(net, x, t, full(self.flow_d, t), y, self.opts.cfg_scale, self.null_class),
+                         self.opts.rollout_steps)
 
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         x0, x1, y = batch.x0, batch.x1, batch.y

@@ -21,7 +21,8 @@ from fractions import Fraction
 import torch
 
 from bench.errors import BenchError
-from methods.base import Batch, LossLadder, Method, MethodOptions, Targets, bshape, check_fraction, full, grid_times, interpolate, velocity
+from methods.base import (Batch, LossLadder, Method, MethodOptions, Targets, bshape, check_fraction, eval_mode, full, grid_times,
+                          interpolate, velocity)
 
 
 # the knobs each recipe sets; a knob left at RECIPE_DEFAULT (k: nan, which no config value parses to) takes the recipe's
@@ -192,8 +193,8 @@ class Shortcut(Method):
         d_half = d_big / 2
         x_b = interpolate(x0[:nb], x1[:nb], t_b)
         y_b = (batch.labels_kept() if self.opts.dropout_rows == "flow" else y)[:nb]
-        with torch.no_grad():
-            net = ema if self.opts.bootstrap_ema else model
+        net = ema if self.opts.bootstrap_ema else model
+        with torch.no_grad(), eval_mode(net):  # the authors' train=False (targets_shortcut.py lines 42, 46): no dropout in the targets
             s1 = self._small_step(net, x_b, t_b, d_half, y_b)
             x_mid = self._clip(x_b + bshape(d_half, x_b) * s1)
             s2 = self._small_step(net, x_mid, t_b + d_half, d_half, y_b)

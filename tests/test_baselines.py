@@ -125,7 +125,8 @@ def test_progressive_stage_schedule_is_equal_shares_of_the_training_steps():
     assert [teacher_step_size(i, 128) for i in range(1, 8)] == [1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2]
     # final_steps = 4 at M = 128: 128 -> 64 -> 32 -> 16 -> 8 -> 4, five stages of 100 steps; the last student d = 1/4
     assert [stage_of_step(s, 500, 128, 4) for s in (0, 99, 100, 399, 400, 499)] == [1, 1, 2, 4, 5, 5]
-    m = make("progressive", M=128, train_steps=500, final_steps=4, teacher=Affine(0.0, torch.zeros(1, dtype=torch.float64)))
+    m = make("progressive", M=128, train_steps=500, final_steps=4, teacher=Affine(0.0, torch.zeros(1, dtype=torch.float64)),
+             student_d="step")  # d = the student's step (the authors' default feeds 0)
     m.refresh_teacher(Affine(0.0, torch.zeros(1, dtype=torch.float64)))
     assert set(m.targets(None, None, gauss_batch(64), 499, torch.Generator().manual_seed(0)).d.tolist()) == {1 / 4}
 
@@ -151,7 +152,7 @@ def test_progressive_stage1_target_is_the_average_of_two_teacher_euler_steps():
     # affine teacher v = a x + c: v1 = a x + c, v2 = a (x + d v1) + c, so (v1 + v2) / 2 = (a x + c)(1 + a d / 2)
     a, c = 0.7, torch.tensor([0.3], dtype=torch.float64)
     M, steps = 8, 30
-    m = make("progressive", M=M, train_steps=steps, teacher=Affine(a, c))
+    m = make("progressive", M=M, train_steps=steps, teacher=Affine(a, c), student_d="step")
     batch = gauss_batch(256)
     tg = m.targets(None, None, batch, 0, torch.Generator().manual_seed(0))
     d = 1 / M
@@ -165,7 +166,7 @@ def test_progressive_stage1_target_is_the_average_of_two_teacher_euler_steps():
 def test_progressive_refreshes_its_teacher_with_the_student_at_stage_boundaries():
     M, steps = 8, 30
     flow_teacher = ExactVelocity()
-    m = make("progressive", M=M, train_steps=steps, teacher=flow_teacher)
+    m = make("progressive", M=M, train_steps=steps, teacher=flow_teacher, student_d="step")  # ExactAverage reads d
     student = ExactAverage()  # an ideal stage-1 student: its 2/M jumps are exact
     for s in range(9):
         m.on_step_end(s, model=None, ema=student)
@@ -253,12 +254,12 @@ def test_consistency_distillation_has_the_exact_consistency_function_as_fixed_po
     m = make("consistency_distillation", M=M, train_steps=10, teacher=ExactStep(M))
     batch = gauss_batch(2048)
     ideal = ExactConsistency()
-    tg = m.targets(ideal, None, batch, 0, torch.Generator().manual_seed(0))
+    tg = m.targets(ideal, ideal, batch, 0, torch.Generator().manual_seed(0))  # the training EMA reads x_t2 (authors)
     assert torch.allclose(tg.target, ideal(tg.x_t, tg.t, tg.d, tg.y), atol=1e-5)  # t is float32
     assert torch.all(tg.d == 0) and torch.allclose(tg.t * M, (tg.t * M).round())
     # with the exact velocity (an Euler step) it is off by O(1/M) at most
     m = make("consistency_distillation", M=M, train_steps=10, teacher=ExactVelocity())
-    tg = m.targets(ideal, None, batch, 0, torch.Generator().manual_seed(0))
+    tg = m.targets(ideal, ideal, batch, 0, torch.Generator().manual_seed(0))
     assert (tg.target - ideal(tg.x_t, tg.t, tg.d, tg.y)).abs().max().item() < 0.05
 
 
@@ -278,7 +279,8 @@ def test_consistency_target_network_is_an_ema_of_the_student(name):
     # theta^- starts at the student (w = 1); the student moves to w = 3; after two steps with mu = 0.5:
     # 1 -> 0.5 * 1 + 0.5 * 3 = 2 -> 0.5 * 2 + 0.5 * 3 = 2.5; the target uses theta^-: F2 = x_t2 + (1 - t2) w^-
     student = Scalar(1.0)
-    fine = {"schedule": "fine"} if name == "consistency_training" else {}  # CT's own target network: schedule = fine
+    # a target network of its own: CT's schedule = fine, CD's target = own (the authors' read the training EMA)
+    fine = {"schedule": "fine"} if name == "consistency_training" else {"target": "own"}
     m = make(name, M=8, train_steps=40, target_decay=0.5, teacher=Scalar(0.0), **fine)
     batch = gauss_batch(64)
     m.targets(student, None, batch, 39, torch.Generator().manual_seed(0))
@@ -599,7 +601,7 @@ def test_declared_passes_per_step_match_the_rows_evaluated(name):
     teacher = NFECounter(TinyNet(num_classes=3))
     m = make(name, M=M, train_steps=steps, num_classes=3, teacher=teacher if METHODS[name].needs_teacher else None,
              **({"num_pairs": 40} if name == "reflow" else {}),
-             **({"target_decay": 0.0} if name == "consistency_distillation" else {}))  # the target network = the counted model (CT: the EMA)
+             **({"target": "own", "target_decay": 0.0} if name == "consistency_distillation" else {}))  # the target network = the counted model (CT: the EMA)
     model, ema = NFECounter(TinyNet(num_classes=3)), NFECounter(TinyNet(num_classes=3))
     g = torch.Generator().manual_seed(0)
     batch = Batch(x1=torch.randn(B, 2), x0=torch.randn(B, 2), y=torch.randint(0, 4, (B,)), null_class=3)

@@ -88,18 +88,26 @@ SHARED = {"train.lr": 1e-4, "train.lr_schedule": "constant", "train.beta1": 0.9,
 PER_METHOD = {
     "flow_matching": {},
     "shortcut": {"recipe": "paper", "k": 0.25, "flow_d": "zero", "levels": "uniform", "eval_weights": "ema"},
-    "progressive": {"refresh_from": "ema", "cfg": "baked", "final_steps": 1},
+    # PD as kvfrans/shortcut-models runs it: targets_progressive.py lines 34/49 clip x_t2 to [-4, 4]; train.py line 140
+    # ignore_dt for PD (d = 0 everywhere); no label dropout in PD's targets; one schedule for the run (lines 146-153)
+    "progressive": {"refresh_from": "ema", "cfg": "baked", "final_steps": 1, "clip": 4.0, "student_d": "zero",
+                    "dropout_rows": "none", "lr_per_stage": False, "reading": "final"},
     "consistency_training": {"schedule": "authors", "target_decay": 0.95},
-    "consistency_distillation": {"target_decay": 0.95},
+    # targets_consistency_distillation.py line 26 clips x_t2 to [-4, 4], line 27 reads it with the training EMA
+    "consistency_distillation": {"target_decay": 0.95, "target": "training_ema", "clip": 4.0},
     "reflow": {"num_pairs": 50_000},
     "live_reflow": {"recipe": "authors", "rollout_steps": 8, "k": 0.125, "flow_d": "min"},
     "meanflow": {"mean_fraction": 0.25, "adaptive_p": 1.0, "time_input_scale": 0.01},
     "diffusion": {"parameterization": "v", "num_timesteps": 1024},
-    "cfd": {"cfg": "baked", "final_steps": 1, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.95,
-            "beta": 0.003, "gamma": 0.75},
-    "rdd": {"cfg": "baked", "final_steps": 1, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.95,
+    # the releases stop at the 4-step student (8 -> 4 with the classifier) and step each classifier stage with Adam
+    # 5e-5, cosine to 0, clip 1.0, no EMA (zju-SWJ/RCFD RCFD.py lines 151-152, 188; config/CIFAR10_RCFD.txt);
+    # RDD's feature temperature 0.9 (cantbebetter2/RDD train_rdd.sh, --temperature 0.9)
+    "cfd": {"cfg": "baked", "final_steps": 4, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.95,
+            "beta": 0.003, "gamma": 0.75, "stage_optimiser": "released", "stage_lr": 5e-5},
+    "rdd": {"cfg": "baked", "final_steps": 4, "loss_stages": "4", "lambda_pd": 0.0, "feature_temperature": 0.9,
             "beta": 0.0, "pair_weight": 1.0, "pair_temperature": 1.0, "memory_weight": 0.1, "memory_temperature": 0.1,
-            "queue_size": 20_000, "queue_update": 128, "num_anchors": 4096, "anchors": "fixed"},
+            "queue_size": 20_000, "queue_update": 128, "num_anchors": 4096, "anchors": "fixed",
+            "stage_optimiser": "released", "stage_lr": 5e-5},
 }
 
 

@@ -1,4 +1,4 @@
-"""train.lr_schedule / train.lr_warmup: the formula, the optimiser following it, progressive's per-stage restart."""
+"""train.lr_schedule / train.lr_warmup: the formula, the optimiser following it, progressive's one schedule (and its per-stage restart on request)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,18 @@ def test_the_optimiser_follows_the_schedule():
     assert [g[0] for g in _lrs_seen("flow_matching", ["train.steps=3", "train.lr=0.01"])] == [0.01] * 3  # constant: untouched
 
 
-def test_progressive_restarts_the_schedule_at_every_stage():
+def test_progressive_keeps_one_schedule_as_the_authors():
+    """kvfrans/shortcut-models train.py: one optax chain for the run (lines 146-153) and the stage refresh copies
+    only the teacher (lines 309-312), so no stage restarts the rate or its warm-up."""
     cfg = resolve("progressive", "smoke", ["M=8", "train.steps=10"])
+    method = get_method("progressive")(cfg.method, 3)
+    assert {method.lr_span(s, 10) for s in range(10)} == {(0, 10)}
+    assert cfg.method.deviations() == {}
+    assert resolve("progressive", "smoke", ["M=8", "lr_per_stage=true"]).method.deviations() == {"lr_per_stage": True}
+
+
+def test_progressive_restarts_the_schedule_at_every_stage_when_asked():
+    cfg = resolve("progressive", "smoke", ["M=8", "train.steps=10", "lr_per_stage=true"])
     method = get_method("progressive")(cfg.method, 3)
     spans = [method.lr_span(s, 10) for s in range(10)]
     for s, (first, count) in enumerate(spans):

@@ -48,6 +48,10 @@ def test_baseline_on_smoke(name, flow_teacher):
     # follows the student more slowly than the former 0.95 target network: at 2000 steps seed 0 hit 5 of 8 modes at
     # 1 step (FD 0.10), at the profile's 4000 all 8 (FD 0.040)
     extra += ["train.steps=4000", "train.checkpoint_every=4000"] if name in ("progressive", "consistency_training") else []
+    # consistency distillation with the authors' target, the training EMA (0.995 on smoke), propagates from t = 1 down
+    # the 128 grid points far more slowly than a 0.95 target network: seed 0, 1-step FD 3.11 at 2000 steps and 2.29 at
+    # 4000 (flow matching 3.62, every mode missed), so CI runs the named deviation target = own (0.95), which passes at 2000
+    extra += ["target=own"] if name == "consistency_distillation" else []
     r = execute(resolve(name, "smoke", OVERRIDES + extra), "smoke", **QUIET).results
     print(name, {n: (round(r[n]["fid"], 4), r[n]["modes_hit"], round(r[n]["mode_share"], 3)) for n in r},
           "flow matching", {n: round(fm[n]["fid"], 4) for n in fm})

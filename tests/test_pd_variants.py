@@ -130,7 +130,7 @@ def stage_batch(data, B=8):
 def test_losses_vanish_when_the_student_image_is_the_teachers(anchors):
     """pred = PD's target puts x1_S on x1_T: the feature KL (tau = 1) and both relational KLs (head = identity) are 0."""
     data = digits()
-    opts = RDDOptions(M=2, loss_stages="1", feature_temperature=1.0, beta=0.0, queue_size=64, queue_update=16, num_anchors=32,
+    opts = RDDOptions(M=2, final_steps=1, loss_stages="1", feature_temperature=1.0, beta=0.0, queue_size=64, queue_update=16, num_anchors=32,
                       anchors=anchors)
     m = make(RelationalDistillation, opts, data)
     m.head = nn.Identity()
@@ -146,7 +146,7 @@ def test_losses_vanish_when_the_student_image_is_the_teachers(anchors):
 
 def test_weights_and_stages():
     data = digits()
-    m = make(ClassifierDistillation, CFDOptions(M=8, loss_stages="4", lambda_pd=0.25), data)
+    m = make(ClassifierDistillation, CFDOptions(M=8, final_steps=1, loss_stages="4", lambda_pd=0.25), data)
     batch, g = stage_batch(data)
     m.train_steps = 3  # stage of step s = s + 1: students of 4, 2, 1 steps
     tg = m.targets(None, None, batch, 0, g)
@@ -158,8 +158,8 @@ def test_weights_and_stages():
     assert m.run_params(256)["classifier.name"] == "digits-probe"
     for bad in ("3", "8", "x", ""):
         with pytest.raises(BenchError, match="loss_stages"):
-            CFDOptions(M=8, loss_stages=bad).validate()
-    assert CFDOptions(M=8, loss_stages="all").student_steps() == {4, 2, 1}
+            CFDOptions(M=8, final_steps=1, loss_stages=bad).validate()
+    assert CFDOptions(M=8, final_steps=1, loss_stages="all").student_steps() == {4, 2, 1}
 
 
 def linear_cka(a, b) -> float:
@@ -179,7 +179,7 @@ def test_the_classifier_is_not_the_fid_network():
     from bench.evaluation.metrics import FeatureSpace
 
     data = digits()
-    m = make(ClassifierDistillation, CFDOptions(M=8), data)
+    m = make(ClassifierDistillation, CFDOptions(M=8, final_steps=1), data)
     space = FeatureSpace.resolve("auto", data, "", progress=False)
     u8 = data.to_uint8(data.x)
     with torch.no_grad():
@@ -210,7 +210,7 @@ def test_fixed_anchors_as_released():
     assert [i for i in range(4096) if exact[i] != released[i]] == [3781] and released[3781] == 18466
 
     data = digits()
-    opts = RDDOptions(M=2, loss_stages="1", queue_size=50, queue_update=16, num_anchors=5, memory_weight=0.5,
+    opts = RDDOptions(M=2, final_steps=1, loss_stages="1", queue_size=50, queue_update=16, num_anchors=5, memory_weight=0.5,
                       memory_temperature=0.2)
     m = make(RelationalDistillation, opts, data)
     assert m.queue.count == 50 and torch.allclose(m.queue.data.norm(dim=1), torch.ones(50))  # full of random unit vectors
@@ -240,7 +240,7 @@ def test_final_steps_stops_the_stages_at_a_k_step_student():
     """M = 32, final_steps = 4: the PD paper halves the step count per stage, 32 -> 16 -> 8 -> 4, so three
     stages (written out here), each a third of the steps; CFD's classifier stage "4" is the last one."""
     data = digits()
-    m = make(ClassifierDistillation, CFDOptions(M=32, final_steps=4, loss_stages="4"), data)
+    m = make(ClassifierDistillation, CFDOptions(M=32, final_steps=4, loss_stages="4", student_d="step"), data)  # d says the step
     m.train_steps = 30
     students = {}  # stage -> the student's step size 2d
     batch, g = stage_batch(data)
@@ -251,7 +251,8 @@ def test_final_steps_stops_the_stages_at_a_k_step_student():
     assert students == {1: {1 / 16}, 2: {1 / 8}, 3: {1 / 4}}
     assert [m.stage(s) for s in range(30)] == [1] * 10 + [2] * 10 + [3] * 10
     assert [m.uses_classifier(i) for i in (1, 2, 3)] == [False, False, True] and m.classifier_share() == 1 / 3
-    assert m.lr_span(25, 30) == (20, 10)
+    assert m.lr_span(25, 30) == (0, 30)  # one schedule for the plain PD stages; the classifier stage's is its own
+    assert [m.stage_optimiser(s, 30) is None for s in (0, 19, 20)] == [True, True, False]
     for bad, match in ((dict(final_steps=3), "final_steps"), (dict(final_steps=32), "final_steps"),
                        (dict(final_steps=4, loss_stages="2"), "loss_stages")):
         with pytest.raises(BenchError, match=match):
@@ -259,8 +260,8 @@ def test_final_steps_stops_the_stages_at_a_k_step_student():
     assert CFDOptions(M=32, final_steps=4, loss_stages="all").student_steps() == {16, 8, 4}
 
 
-@pytest.mark.parametrize("cls,opts", [(ClassifierDistillation, CFDOptions(M=2, loss_stages="1")),
-                                      (RelationalDistillation, RDDOptions(M=2, loss_stages="1", queue_size=64,
+@pytest.mark.parametrize("cls,opts", [(ClassifierDistillation, CFDOptions(M=2, final_steps=1, loss_stages="1")),
+                                      (RelationalDistillation, RDDOptions(M=2, final_steps=1, loss_stages="1", queue_size=64,
                                                                           queue_update=16, num_anchors=32))])
 def test_gradients_reach_the_student_and_never_the_classifier(cls, opts):
     """lambda_pd = 0: the MSE weighs nothing, so every gradient comes through the classifier."""
@@ -286,7 +287,7 @@ def test_gradients_reach_the_student_and_never_the_classifier(cls, opts):
 
 def test_queue_holds_whole_teacher_pixel_embeddings():
     data = digits()
-    m = make(RelationalDistillation, RDDOptions(M=2, loss_stages="1", queue_size=40, queue_update=24, num_anchors=8), data)
+    m = make(RelationalDistillation, RDDOptions(M=2, final_steps=1, loss_stages="1", queue_size=40, queue_update=24, num_anchors=8), data)
     batch, g = stage_batch(data, B=4)
     tg = m.targets(None, None, batch, 0, g)
     m.extra_loss(torch.zeros_like(tg.target), tg, batch, 0, g)
@@ -316,7 +317,7 @@ def test_rdd_head_and_queue_survive_kill_and_resume(tmp_path):
     head (BN statistics included), optimiser and queue."""
     from bench.models import build_model
 
-    over = ["train.steps=6", "train.batch_size=16", "model.hidden=32", "model.depth=2", "method.M=4", "loss_stages=all",
+    over = ["train.steps=6", "train.batch_size=16", "model.hidden=32", "model.depth=2", "method.M=4", "final_steps=1", "loss_stages=all",
             "queue_size=100", "queue_update=40", "num_anchors=64", "train.checkpoint_every=3", "train.log_every=3"]
     cfg = resolve("rdd", "digits", over)
     torch.manual_seed(5)
@@ -343,8 +344,8 @@ def test_gradient_clipping_covers_the_rdd_head(monkeypatch):
     """train.grad_clip bounds one norm over the model and the head the optimiser steps beside it."""
     from bench.models import build_model
 
-    over = ["train.steps=2", "train.batch_size=8", "model.hidden=32", "model.depth=2", "method.M=2", "loss_stages=all",
-            "queue_size=64", "queue_update=16", "num_anchors=16", "train.grad_clip=1e-3"]
+    over = ["train.steps=2", "train.batch_size=8", "model.hidden=32", "model.depth=2", "method.M=2", "final_steps=1", "loss_stages=all",
+            "queue_size=64", "queue_update=16", "num_anchors=16", "train.grad_clip=1e-3", "stage_optimiser=profile"]
     cfg = resolve("rdd", "digits", over)
     torch.manual_seed(5)
     teacher = build_model(cfg.model, (1, 8, 8), 10).requires_grad_(False).eval()
@@ -398,7 +399,7 @@ def test_the_classifier_is_handed_to_the_method():
     from methods.flow_matching import FlowMatching
 
     data = digits()
-    m = ClassifierDistillation(CFDOptions(M=8), num_classes=10, teacher=TinyImageNet(), train_steps=3)
+    m = ClassifierDistillation(CFDOptions(M=8, final_steps=1), num_classes=10, teacher=TinyImageNet(), train_steps=3)
     assert m.classifier_request() == ("auto", "")
     with pytest.raises(BenchError, match="cfd distils through a frozen classifier and setup\\(\\) was handed none"):
         m.setup(data, torch.device("cpu"))

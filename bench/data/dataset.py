@@ -78,3 +78,10 @@ def label_frequencies(labels: Tensor | None, num_classes: int) -> Tensor | None:
         return None
     counts = torch.bincount(labels, minlength=num_classes).float()
     return counts / counts.sum()
+
+
+def flip_rows(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Each image of x (B, C, H, W) mirrored left-right with probability 1/2 (EDM's --xflip, MeanFlow's CIFAR-10
+    training), the coin per row drawn from `generator` on its device; a new tensor, x untouched."""
+    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+    return torch.where(flip.to(x.device).view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bench.files import checkpoint
 from bench.config import Config, TrainConfig
 from bench.data import Dataset
+from bench.data.dataset import flip_rows
 from bench.errors import BenchError, NonFiniteLoss
 from bench.phases import span
 from methods.base import Batch, Method
@@ -99,6 +101,8 @@ class Trainer:
         if tc.batch_size % self.world_size:
             raise BenchError(f"train.batch_size = {tc.batch_size} does not divide into {self.world_size} data-parallel ranks.")
         self.local_batch_size = tc.batch_size // self.world_size  # train.batch_size is the global batch
+        if cfg.data.augment != "none" and (data.kind != "images" or data.latent):
+            raise BenchError(f"data.augment = {cfg.data.augment} flips images; {data.name} holds {'latents' if data.latent else data.kind}.")
         self.cfg, self.method, self.data, self.device = cfg, method, data, device
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()  # exact copy at step 0
@@ -143,6 +147,8 @@ class Trainer:
         B = self.local_batch_size
         idx = torch.randint(len(self.data), (B,), generator=self.data_gen)
         x1, y = self.data.get(idx)
+        if self.cfg.data.augment == "flip":  # training only: the data's reference set stays as it is
+            x1 = flip_rows(x1, self.data_gen)
         x1 = x1.to(self.device, non_blocking=True)
         if y is None:
             y = y_kept = torch.full((B,), self.null_class, dtype=torch.long, device=self.device)
@@ -174,14 +180,24 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world_size
-        if self.cfg.train.grad_clip > 0:
-            # one norm over everything the optimiser steps: the model and the method's modules (RDD's head)
-            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + self.method_params, self.cfg.train.grad_clip)
-        lr = lr_at(self.step, self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps))
-        for g in self.opt.param_groups:  # constant: train.lr, the value the groups already hold
-            g["lr"] = lr
+        tc, span = self.cfg.train, self.method.lr_span(self.step, self.cfg.train.steps)
+        stage = self.method.stage_optimiser(self.step, tc.steps)  # a stretch the method steps apart from train.*
+        clip, weight_decay, ema_decay = tc.grad_clip, tc.weight_decay, tc.ema_decay
+        if stage is not None:
+            if stage.fresh_state and self.step == stage.first:
+                self.opt.state.clear()  # a new optimiser for the stretch: moments from zero
+            tc = dataclasses.replace(tc, lr=stage.lr, lr_schedule=stage.lr_schedule, lr_warmup=stage.lr_warmup)
+            span, clip, weight_decay, ema_decay = (stage.first, stage.count), stage.grad_clip, stage.weight_decay, stage.ema_decay
+        if clip > 0:
+            # one norm over everything the optimiser steps: the model and the method's modules (RDD's head), unless the stretch says
+            modules = self.method_params if stage is None or stage.clip_modules else []
+            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + modules, clip)
+        lr = lr_at(self.step, tc, span)
+        for i, g in enumerate(self.opt.param_groups):  # constant: train.lr, the value the groups already hold
+            g["lr"] = stage.modules_lr if i > 0 and stage is not None and stage.modules_lr is not None else lr
+            g["weight_decay"] = weight_decay
         self.opt.step()
-        self._update_ema()
+        self._update_ema(ema_decay)
         self.method.on_step_end(self.step, self.model, self.ema)
         groups = {k.split("/", 1)[1]: m for k, m in tg.info.items() if k.startswith("row_group/")}
         # a group without rows in this step is nan (0 / 0): the log interval's mean skips it
@@ -217,8 +233,8 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.cfg.train.ema_decay
+    def _update_ema(self, decay: float) -> None:
+        """EMA <- decay EMA + (1 - decay) model; decay 0: the EMA is the live weights."""
         ema_p = list(self.ema.parameters())
         torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1.0 - decay)
         for be, bm in zip(self.ema.buffers(), self.model.buffers()):
