@@ -40,14 +40,14 @@ def step_times(speed_txt: str) -> dict[str, float]:
     return out
 
 
-def load_run(store: Path, method: str) -> tuple[list[dict], dict[str, str], dict[str, str]]:
-    """(phases rows, tags, params) of the store's latest run of `method` in experiment digits."""
+def load_run(store: Path, method: str) -> tuple[list[dict], dict[str, str], dict[str, str], dict[int, float]]:
+    """(phases rows, tags, params, FID per n) of the store's latest run of `method` in experiment digits."""
     rs = RunStore(f"sqlite:///{store / 'mlflow.db'}")
     runs = [r for r in rs.find("digits", tags={"method": method}, newest_first=True) if not r.tags.get("mlflow.parentRunId")]
     run = runs[0]
     with tempfile.TemporaryDirectory() as tmp:
         rows = json.loads(rs.fetch_artifact(run, "phases.json", tmp).read_text())
-    return rows, run.tags, run.params
+    return rows, run.tags, run.params, {p.step: p.value for p in rs.history(run.run_id, "fid")}
 
 
 def grouped(rows: list[dict]) -> dict[str, float]:
@@ -73,7 +73,7 @@ def main() -> None:
         if not line.strip():
             continue
         side, method, rnd, wall_ms, store = line.split()
-        rows, tags, params = load_run(Path(store), method)
+        rows, tags, params, fid = load_run(Path(store), method)
         rev = a.before if side == "before" else a.after
         for r in rows:
             phase_rows.append({"side": side, "commit": rev, "method": method, "round": int(rnd), **r})
@@ -83,7 +83,8 @@ def main() -> None:
         run_rows.append({"side": side, "commit": rev, "method": method, "round": int(rnd), "wall_s": int(wall_ms) / 1000,
                          "train_steps": steps, "bench_speed_ms_per_step": speed.get(method),
                          "eval_estimate_s": estimate, "predicted_s": predicted,
-                         "wall_over_predicted": int(wall_ms) / 1000 / predicted if predicted else None})
+                         "wall_over_predicted": int(wall_ms) / 1000 / predicted if predicted else None,
+                         "fid_by_n": json.dumps(fid)})
     phases, runs = pd.DataFrame(phase_rows), pd.DataFrame(run_rows)
     phases.to_csv(a.out / "phases.csv", index=False)
     runs.to_csv(a.out / "runs.csv", index=False)
@@ -123,6 +124,14 @@ def main() -> None:
             ratios = [x / y for x, y in zip(f, b)]
             lines.append(f"- {method}: after / before wall time {statistics.median(ratios):.3f} "
                          f"(median of {len(ratios)} interleaved pair{'s' if len(ratios) > 1 else ''})")
+    for method in ("flow_matching", "shortcut"):  # the same seed and config: the same numbers
+        pairs = runs[runs.method == method]
+        b, f = pairs[pairs.side == "before"].fid_by_n.tolist(), pairs[pairs.side == "after"].fid_by_n.tolist()
+        for x, y in zip(b, f):
+            x, y = json.loads(x), json.loads(y)
+            rel = max(abs(x[n] - y[n]) / abs(x[n]) for n in x) if x.keys() == y.keys() else float("nan")
+            lines.append(f"- {method}: FID at n = {', '.join(x)} before {', '.join(f'{v:.6g}' for v in x.values())}; "
+                         f"after, largest relative difference {rel:.1e}")
     sc, fm = speed.get("shortcut"), speed.get("flow_matching")
     if sc and fm:
         lines.append(f"- bench speed: flow matching {fm:.1f} ms, shortcut {sc:.1f} ms per step (`speed.txt`)")
