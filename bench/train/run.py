@@ -361,8 +361,9 @@ def evaluate_all(p: Prepared, ema: torch.nn.Module, tracker, progress: bool = Tr
     from tqdm import tqdm
 
     results: dict[int, dict[str, float]] = {}
-    with span("reference_features"):
-        ref = p.evaluator.reference_features() if p.data.kind == "points" else None
+    with span("reference_features"):  # computed (or read from the cache) once, before the estimate times anything
+        features = p.evaluator.reference_features()
+    ref = features if p.data.kind == "points" else None
     steps = p.cfg.sampling_steps()
     with span("eval_estimate", absorb=True):  # a timing pass: its sampling and distances are its own cost
         estimate = p.evaluator.estimate(p.method, ema, steps)
