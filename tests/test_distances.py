@@ -93,4 +93,17 @@ def test_reference_values_are_made_once_and_change_no_number():
         gen = features(600, 32, 0.1, seed)
         kept, fresh = registry.measure("features", inputs(gen, cache)), registry.measure("features", inputs(gen, {}))
         assert kept == fresh
-    assert sorted(made) == ["gaussian", "kid_kernel"]  # once each over two n
+    assert sorted(made) == ["gaussian", "kid_kernel", "prc_radii", "prc_reference"]  # once each over two n
+
+
+def test_precision_recall_equals_torch_fidelity():
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    gen, ref = torch.from_numpy(features(500, 24, 0.3, 11)).float(), torch.from_numpy(features(450, 24, 0.0, 12)).float()
+    lib = prc_features_to_metric(gen, ref, save_cpu_ram=True, verbose=False)
+    ours = M.precision_recall(gen, ref)
+    assert ours == {"precision": lib["precision"], "recall": lib["recall"]}  # the same distances: the same values
+    assert 0.05 < ours["precision"] < 0.95 and 0.05 < ours["recall"] < 0.95  # not a degenerate case
+    assert M.precision_recall(gen, ref, M.knn_radii(ref)) == ours
+    small = M.precision_recall(gen, ref, batch=64)  # batched distances: the same balls
+    assert small == ours

@@ -208,6 +208,33 @@ def fid_floor(ref: np.ndarray, num_samples: int, splits: int | None = None, seed
     return out
 
 
+PRC_NEIGHBORHOOD, PRC_BATCH = 3, 10_000  # torch-fidelity's prc_neighborhood and prc_batch_size
+
+
+def _cdist_rows(a: Tensor, b: Tensor, batch: int) -> Tensor:
+    """(len(a), len(b)) distances on the host, b taken `batch` rows at a time (torch-fidelity's calc_cdist_part)."""
+    return torch.cat([torch.cdist(a, part).cpu() for part in b.split(batch)], dim=1)
+
+
+def knn_radii(feats: Tensor, k: int = PRC_NEIGHBORHOOD, batch: int = PRC_BATCH) -> Tensor:
+    """Each row's distance to its k-th nearest other row (the k+1-th smallest, itself at 0): the radius of
+    its ball in torch-fidelity's precision and recall."""
+    return torch.cat([_cdist_rows(part, feats, batch).kthvalue(k + 1).values for part in feats.split(batch)])
+
+
+def precision_recall(gen: Tensor, ref: Tensor, ref_radii: Tensor | None = None, k: int = PRC_NEIGHBORHOOD,
+                     batch: int = PRC_BATCH) -> dict[str, float]:
+    """torch-fidelity's precision and recall (metric_prc.calculate_precision_recall_part, the same distances in
+    the same batches, so the same values): recall, the share of reference rows inside some generated row's
+    ball; precision, the share of generated rows inside some reference row's ball. ref_radii: knn_radii(ref),
+    which does not change with the samples (a caller keeps it across every n)."""
+    gen_radii = knn_radii(gen, k, batch)
+    recall = torch.cat([(_cdist_rows(part, gen, batch) <= gen_radii).any(dim=1).float() for part in ref.split(batch)])
+    ref_radii = knn_radii(ref, k, batch) if ref_radii is None else ref_radii
+    precision = torch.cat([(_cdist_rows(part, ref, batch) <= ref_radii).any(dim=1).float() for part in gen.split(batch)])
+    return {"precision": precision.mean().item(), "recall": recall.mean().item()}
+
+
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_projections: int = 512, seed: int = 0) -> float:
     """SW_2: sqrt of the mean over random unit directions of W_2^2 between the 1-D projections.
     Both sets are cut to the same size (a fixed random subset) so sorted projections pair up."""

@@ -142,12 +142,11 @@ def _kid(x: FeatureInputs) -> dict[str, float]:
 def _precision_recall(x: FeatureInputs) -> dict[str, float]:
     if not (x.images and x.eval.prc):
         return {}
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
-    # pairwise distances on the device (torch.cdist): N x N_ref at 2048-d is the heaviest part at 50k
-    p = prc_features_to_metric(x.features.float(), torch.from_numpy(x.reference).float().to(x.device),
-                               save_cpu_ram=True, verbose=False)
-    return {"precision": p["precision"], "recall": p["recall"]}
+    # torch-fidelity's estimator (bench.evaluation.metrics.precision_recall); pairwise distances on the device
+    # (N x N_ref at 2048-d is the heaviest part at 50k); the reference's own k-NN radii are kept across n
+    ref = x.reference_value("prc_reference", lambda: torch.from_numpy(x.reference).float().to(x.device))
+    radii = x.reference_value("prc_radii", lambda: M.knn_radii(ref))
+    return M.precision_recall(x.features.float(), ref, radii)
 
 
 def _sliced_wasserstein(x: FeatureInputs) -> dict[str, float]:
