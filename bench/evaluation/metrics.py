@@ -114,18 +114,22 @@ def _block_sums(kernel: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.nd
     return np.einsum("sj,sj->s", ind_r @ kernel, ind_c)
 
 
+KID_WHOLE_KERNEL_ENTRIES = 64_000_000  # 512 MB of float64 kernels at most (digits: 10.8 M); above, per subset
+
+
 def kid(gen: np.ndarray, ref: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0,
         ref_kernel: Callable[[], np.ndarray] | None = None) -> dict[str, float]:
     """torch-fidelity's KID (kid_features_to_metric): the unbiased MMD^2 with the cubic kernel, mean and
     std over `subsets` subsets of `subset_size` rows of each side, the same subsets (kid_subsets). Where
-    it is fewer kernel entries, each kernel matrix is computed once over all rows and the subsets' sums
-    read from it (`ref_kernel()`: the reference's own, which does not change with the samples: a caller
+    it is fewer kernel entries (and at most KID_WHOLE_KERNEL_ENTRIES), each kernel matrix is computed once
+    over all rows and the subsets' sums read from it (`ref_kernel()`: the reference's own, which does not change with the samples: a caller
     caches it); otherwise per subset, as torch-fidelity does. Equal to its value up to the order of
     floating-point sums."""
     gen, ref = np.asarray(gen, np.float64), np.asarray(ref, np.float64)
     m = subset_size
     rows_g, rows_r = kid_subsets(len(gen), len(ref), subsets, m, seed)
-    if len(gen) ** 2 + len(ref) ** 2 + len(gen) * len(ref) <= 3 * subsets * m * m:
+    entries = len(gen) ** 2 + len(ref) ** 2 + len(gen) * len(ref)
+    if entries <= min(3 * subsets * m * m, KID_WHOLE_KERNEL_ENTRIES):
         k_gg, k_gr = cubic_kernel(gen, gen), cubic_kernel(gen, ref)
         k_rr = ref_kernel() if ref_kernel is not None else cubic_kernel(ref, ref)
         sum_gg = _block_sums(k_gg, rows_g, rows_g) - np.diagonal(k_gg)[rows_g].sum(1)
