@@ -14,5 +14,18 @@ class RunFailed(BenchError):
     exit_code = 1
 
 
-class NonFiniteLoss(RunFailed):
+class TrainingFailed(RunFailed):
+    """Training stopped on its own evidence: `reason` is a short code (nonfinite | failure_rule), `step`
+    the optimiser step it stopped at. The run is marked FAILED with tags failure.reason, failure.step and
+    failure.message; a sweep records the trial as failed and goes on."""
+
+    def __init__(self, message: str, *, step: int = -1, reason: str = "failed"):
+        super().__init__(message)
+        self.step, self.reason = step, reason
+
+
+class NonFiniteLoss(TrainingFailed):
     """Training produced NaN/inf; the message carries the step and the loss parts."""
+
+    def __init__(self, message: str, *, step: int = -1):
+        super().__init__(message, step=step, reason="nonfinite")

@@ -16,7 +16,7 @@ from bench.classifiers import classifier_for
 from bench.files import checkpoint as ckpt
 from bench.config import Config
 from bench.data import Dataset, load_dataset
-from bench.errors import BenchError
+from bench.errors import BenchError, TrainingFailed
 from bench.phases import PhaseClock, recording, span
 from bench.evaluation.evaluate import EvalResult, Evaluator, save_picture, save_samples
 from bench.models import build_model, count_parameters
@@ -140,10 +140,15 @@ def execute(
     teacher: torch.nn.Module | None = None,
     echo=print,
     on_run=None,
+    on_metrics=None,
 ) -> RunOutcome:
     """Train and evaluate one configuration; returns the metrics per number of sampling steps.
 
     on_run(run_id): called once the MLflow run exists (a sweep trial keeps the id in its Ray checkpoint).
+    on_metrics(step, metrics): called with what the run logs during training, at each train/* log point and
+    each during-training evaluation (during/*), after it is in the store (a sweep trial reports it to Tune).
+    A run that stops on its own evidence (non-finite loss, the failure rule) raises TrainingFailed after
+    tagging itself failure.reason / failure.step / failure.message and ending FAILED.
     resume_run_id: continue that run from its last.pt, or from step 0 when it died before its first checkpoint.
     The run's wall time by phase goes to its artifacts as phases.json (bench.phases) and is printed.
     """
@@ -151,7 +156,7 @@ def execute(
     with recording(clock):
         return _execute(cfg, experiment or cfg.profile, clock, resume_run_id=resume_run_id, parent_run_id=parent_run_id,
                         run_name=run_name, extra_tags=extra_tags, extra_params=extra_params, progress=progress,
-                        teacher=teacher, echo=echo, on_run=on_run)
+                        teacher=teacher, echo=echo, on_run=on_run, on_metrics=on_metrics)
 
 
 def log_phases(tracker, clock: PhaseClock, echo=print) -> None:
@@ -164,7 +169,7 @@ def log_phases(tracker, clock: PhaseClock, echo=print) -> None:
 
 
 def _execute(cfg: Config, experiment: str, clock: PhaseClock, *, resume_run_id, parent_run_id, run_name, extra_tags,
-             extra_params, progress, teacher, echo, on_run) -> RunOutcome:
+             extra_params, progress, teacher, echo, on_run, on_metrics=None) -> RunOutcome:
     from bench.store.tracking import check_reachable, tracking_uri
 
     with span("setup"):
@@ -215,14 +220,22 @@ def _execute(cfg: Config, experiment: str, clock: PhaseClock, *, resume_run_id, 
 
             results = fit_data_parallel(p, experiment, tracker.run_id, uri, data_parallel_worker, progress=progress, echo=echo)
         else:
-            results = train_and_evaluate(p, tracker.run_id, tracker, resume_state, progress=progress, echo=echo)
+            try:
+                results = train_and_evaluate(p, tracker.run_id, tracker, resume_state, progress=progress, echo=echo,
+                                             on_metrics=on_metrics)
+            except TrainingFailed as e:
+                for k, v in {"failure.reason": e.reason, "failure.step": str(e.step), "failure.message": str(e)[:4000]}.items():
+                    tracker.set_tag(k, v)
+                log_phases(tracker, clock, echo)
+                raise
         log_phases(tracker, clock, echo)
         session.status = "FINISHED"
         return RunOutcome(tracker.run_id, experiment, uri, tracker.artifact_uri, ckpt_path, results)
 
 
 def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str, Any] | None = None, *,
-                       progress: bool = True, echo=print, distributed: bool = False) -> dict[int, dict[str, float]]:
+                       progress: bool = True, echo=print, distributed: bool = False,
+                       on_metrics=None) -> dict[int, dict[str, float]]:
     """Train (from resume_state when given), write final.pt, evaluate at every n; returns n -> metrics.
 
     Data parallel (distributed=True) every rank calls this; tracker is None on the ranks other than
@@ -249,6 +262,8 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
 
     def log(metrics: dict[str, float], step: int) -> None:
         tracker.log_metrics(metrics, step)
+        if on_metrics is not None:
+            on_metrics(step, metrics)
         if watch is not None:
             for group in watch.update(metrics, step):
                 echo(watch.message(group, step))

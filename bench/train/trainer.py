@@ -288,7 +288,8 @@ class Trainer:
             raise NonFiniteLoss(
                 f"Training loss became non-finite ({bad_loss.item()}) at step {bad}; "
                 f"mean loss parts over steps {self.step - self._acc_n + 1}-{self.step}: {parts}. "
-                f"The last good checkpoint is kept."
+                f"The last good checkpoint is kept.",
+                step=bad,
             )
         with span("train_logging"):
             self.log({f"train/{k}": v for k, v in means.items()}, self.step)
