@@ -97,6 +97,10 @@ class EvalConfig:
     precision: str = "auto"  # sampling (and VAE decoding): auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32 (TF32 matmuls on CUDA)
     compile: bool = False  # torch.compile the sampler's model calls once for a fixed batch shape (the last batch is padded)
     compile_mode: str = "default"  # as train.compile_mode; "reduce-overhead" (CUDA graphs) pays for small models
+    # the evaluation every train.eval_every steps: its own n list and sample count (a cheap signal a sweep's
+    # scheduler reads as during/fid_n{n}); "" = the final evaluation's list
+    during_steps: str = "1,4"
+    during_samples: int = 1000
     forward_rows: int = 0  # rows per network call while sampling (0 = auto: 256 on a CPU, where large calls leave the cache; the whole batch elsewhere); the same numbers
 
 
@@ -164,6 +168,12 @@ class Config:
         if not self.eval.steps.strip():
             return [2**i for i in range(M.bit_length()) if 2**i <= M]
         return sorted({int(s) for s in self.eval.steps.split(",") if s.strip()})
+
+    def during_steps(self) -> list[int]:
+        """Numbers of sampling steps of the evaluation during training (`eval.during_steps`, "" = the final list)."""
+        if not self.eval.during_steps.strip():
+            return self.sampling_steps()
+        return sorted({int(s) for s in self.eval.during_steps.split(",") if s.strip()})
 
 
 # ----------------------------------------------------------------------------- files
@@ -397,6 +407,18 @@ def validate(cfg: Config) -> None:
     for n in cfg.sampling_steps():
         if n < 1 or m.M % n:
             raise BenchError(f"eval.steps: {n} sampling steps do not divide M = {m.M}.")
+    if cfg.train.eval_every < 0:
+        raise BenchError(f"train.eval_every must be >= 0 steps (0 = no evaluation during training), got {cfg.train.eval_every}.")
+    if cfg.train.eval_every:  # only read then: a profile with M < 4 keeps the default list when it does not evaluate
+        try:
+            during = cfg.during_steps()
+        except ValueError:
+            raise BenchError(f"eval.during_steps must be a comma list of integers, got {cfg.eval.during_steps!r}.") from None
+        for n in during:
+            if n < 1 or m.M % n:
+                raise BenchError(f"eval.during_steps: {n} sampling steps do not divide M = {m.M}.")
+        if cfg.eval.during_samples < 1:
+            raise BenchError(f"eval.during_samples must be >= 1, got {cfg.eval.during_samples}.")
     if cfg.train.steps < 0 or cfg.train.batch_size < 1:
         raise BenchError("train.steps must be >= 0 and train.batch_size >= 1.")
     if cfg.train.lr_schedule not in LR_SCHEDULES:

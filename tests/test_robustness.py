@@ -79,6 +79,9 @@ def test_non_finite_loss_stops_with_step_and_parts_and_marks_the_run_failed(monk
     c = client()
     (run,) = c.search_runs([c.get_experiment_by_name("nan").experiment_id])
     assert run.info.status == "FAILED"
+    assert e.value.step == 31 and e.value.reason == "nonfinite"
+    assert run.data.tags["failure.reason"] == "nonfinite" and run.data.tags["failure.step"] == "31"
+    assert run.data.tags["failure.message"] == msg
     last = isolated_store / "checkpoints" / run.info.run_id / "last.pt"
     state = ckpt.load(last)
     assert state["step"] == 20 and all(torch.isfinite(v).all() for v in state["model"].values())

@@ -160,6 +160,22 @@ class Evaluator:
         N = self.cfg.eval.num_samples
         return min(self.cfg.eval.save_samples, N) if self.space.extractor is not None else N
 
+    def during(self) -> "Evaluator":
+        """The evaluation during training (train.eval_every): eval.during_samples samples at each of
+        eval.during_steps, from the same noise at every call (the signal moves with the model, not the
+        draw), sharing this evaluator's feature extractor and reference features. Every sample is kept in
+        memory (paired_to_2n and paired_to_M read them); none is written."""
+        from dataclasses import replace
+
+        ec = self.cfg.eval
+        N = ec.during_samples
+        cfg = replace(self.cfg, eval=replace(ec, num_samples=N, batch_size=min(ec.batch_size, N), save_samples=N))
+        other = Evaluator.__new__(Evaluator)
+        other.__dict__.update(self.__dict__)
+        other.cfg, other._ref_cache, other._eval_model = cfg, {}, None
+        other.progress = False
+        return other
+
     # -- reference ------------------------------------------------------------------
     def cache_name(self) -> str:
         return f"ref-{self.reference.fingerprint()}-{self.space.name}-{self.space.weights_sha256[:16]}.npz"

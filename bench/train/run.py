@@ -248,10 +248,15 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
     def weights() -> torch.nn.Module:
         return trainer.model if p.method.eval_weights == "live" else trainer.ema
 
+    during = p.evaluator.during() if (main and cfg.train.eval_every) else None
+
     def evaluate_during(step: int) -> None:
-        for r in p.evaluator.evaluate_steps(p.method, weights(), cfg.sampling_steps(), cfg.method.M):
-            n = r.num_sampling_steps
-            tracker.log_metrics({f"during/{k}_n{n}": v for k, v in r.metrics.items()}, step)
+        out: dict[str, float] = {}
+        for r in during.evaluate_steps(p.method, weights(), cfg.during_steps(), cfg.method.M):
+            out.update({f"during/{k}_n{r.num_sampling_steps}": v for k, v in r.metrics.items()})
+        tracker.log_metrics(out, step)
+        if on_metrics is not None:
+            on_metrics(step, out)
 
     ladder = p.method.loss_ladder()
     watch = None
@@ -278,6 +283,18 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
         trainer.load_state_dict(resume_state)
         if main:
             echo(f"resuming run {run_id} at step {trainer.step}/{cfg.train.steps} from {ckpt_path}")
+    if during is not None:
+        with span("eval_during"):  # what the evaluation during training will cost, said before training
+            with span("reference_features"):
+                during.reference_features()
+            est = during.estimate(p.method, weights(), cfg.during_steps())
+        calls = len(range(trainer.step + cfg.train.eval_every, cfg.train.steps, cfg.train.eval_every))
+        each = est.seconds - est.reference_seconds - est.warmup_seconds - est.output_seconds * len(est.steps)  # no files
+        echo(f"evaluation during training: every {cfg.train.eval_every} steps ({calls} more), "
+             f"{cfg.eval.during_samples:,} samples at n = {','.join(map(str, cfg.during_steps()))}: "
+             f"~{each:.1f} s each, ~{calls * each / 60:.1f} min in all "
+             f"(metrics during/<metric>_n<n> at the training step)")
+        tracker.set_tag("eval.during_estimate_seconds", f"{calls * each:.3f}")
     trainer.fit()
     by_t = trainer.loss_by_t() if ladder is not None else {}  # data parallel: a collective, every rank takes part
     if not main:

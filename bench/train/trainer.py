@@ -202,6 +202,9 @@ class Trainer:
         groups = {k.split("/", 1)[1]: m for k, m in tg.info.items() if k.startswith("row_group/")}
         # a group without rows in this step is nan (0 / 0): the log interval's mean skips it
         parts = {"loss_" + k: (per_row.detach() * m).sum() / m.sum() for k, m in groups.items()}
+        if groups:  # each group's target second moment: the scale its loss is read against (the failure rule's)
+            target2 = tg.target.detach().float().pow(2).flatten(1).mean(1)
+            parts.update({"target2_" + k: (target2 * m).sum() / m.sum() for k, m in groups.items()})
         if groups and self.step >= self.loss_by_t_from:
             self._bin_by_t(per_row.detach(), tg.t if tg.time is None else tg.time, groups)
         parts.update({k: v.detach().float() for k, v in tg.info.items() if not k.startswith("row_group/")})
