@@ -9,17 +9,19 @@ STORE=${1:?usage: run_signal_evidence.sh STORE [JOBS]}
 JOBS=${2:-2}
 BENCH=${BENCH:-bench}
 mkdir -p "$STORE/logs"
-SIG="--set train.threads=1 --set train.eval_every=250 --set eval.during_steps=1,2,4 --set eval.during_samples=1000"
+DIGITS="--method shortcut --profile digits --experiment evidence-digits --set train.threads=1 --set train.eval_every=250 --set eval.during_steps=1,2,4 --set eval.during_samples=1000"
+PAPER="--set levels=uniform --set bootstrap_weight=1"
 {
+  # in the order the evidence needs them: the rule's controls at seeds 0-2, the k grid at M = 32, seeds 3-4, then M = 16
   for s in 0 1 2 3 4; do echo "smoke-sc-s$s|--method shortcut --profile smoke --seed $s --experiment evidence-smoke --set train.threads=1 --set train.eval_every=200 --set eval.during_steps=1,2,4"; done
-  for s in 0 1 2 3 4; do echo "profile-s$s|--method shortcut --profile digits --seed $s --experiment evidence-digits $SIG"; done
-  for s in 0 1 2 3 4; do echo "paper-s$s|--method shortcut --profile digits --seed $s --experiment evidence-digits $SIG --set levels=uniform --set bootstrap_weight=1"; done
-  echo "forced-lr-s0|--method shortcut --profile digits --seed 0 --experiment evidence-digits $SIG --set train.lr=2e-2 --set clip=0"
-  echo "forced-live-s0|--method shortcut --profile digits --seed 0 --experiment evidence-digits $SIG --set bootstrap_ema=false --set train.lr=5e-3"
-  for s in 0 1 2; do for k in 1/8 1/2; do echo "k${k/\//_}-M32-s$s|--method shortcut --profile digits --seed $s --experiment evidence-digits $SIG --set k=$k"; done; done
-  for s in 0 1 2; do for k in 1/8 1/4 1/2; do echo "k${k/\//_}-M16-s$s|--method shortcut --profile digits --seed $s --experiment evidence-digits $SIG --set k=$k --set M=16"; done; done
+  for s in 0 1 2; do echo "profile-s$s|$DIGITS --seed $s"; echo "paper-s$s|$DIGITS --seed $s $PAPER"; done
+  echo "forced-lr-s0|$DIGITS --seed 0 --set train.lr=2e-2 --set clip=0"
+  echo "forced-live-s0|$DIGITS --seed 0 --set bootstrap_ema=false --set train.lr=5e-3"
+  for s in 0 1 2; do for k in 1/8 1/2; do echo "k${k/\//_}-M32-s$s|$DIGITS --seed $s --set k=$k"; done; done
+  for s in 3 4; do echo "profile-s$s|$DIGITS --seed $s"; echo "paper-s$s|$DIGITS --seed $s $PAPER"; done
+  for s in 0 1 2; do for k in 1/8 1/4 1/2; do echo "k${k/\//_}-M16-s$s|$DIGITS --seed $s --set k=$k --set M=16"; done; done
 } | while IFS='|' read -r name args; do
-  [ -f "$STORE/logs/$name.done" ] && continue
+  [ -f "$STORE/logs/$name.log" ] && continue  # started before (finished, failed or running): not again
   printf '%s\0' "$name|$args"
 done | xargs -0 -P "$JOBS" -I{} bash -c '
   name=${1%%|*}; args=${1#*|}

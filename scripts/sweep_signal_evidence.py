@@ -1,0 +1,328 @@
+"""Issue 35's evidence from the runs scripts/run_signal_evidence.sh logged (one tracking store):
+
+  rule     the failure rule (bench.evaluation.levels.FailureRule) replayed on every run's logged losses:
+           its confusion table against the positive controls (the paper recipe on the digits DiT, forced
+           divergences) and the healthy runs (the profile's shortcut seeds 0-4, smoke seeds 0-4)
+  rank     Spearman correlation (95 % bootstrap interval over runs) between each candidate early signal
+           at 10, 20 and 40 % of training and the final FID at n = 1 and 4, over the k x M grid
+  asha     the grid's trials replayed through Ray Tune's own ASHAScheduler (a Tune function trainable
+           that reports each trial's logged signal step by step): the configuration it keeps against the
+           full grid's winner, and the training steps it spends against the grid's
+
+    python scripts/sweep_signal_evidence.py STORE {rule,rank,asha} [--out results/sweep-signals]
+
+Every figure is read from the store; nothing is trained here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class LoggedRun:
+    run_id: str
+    experiment: str
+    params: dict
+    status: str
+    tags: dict
+    final: dict[int, float]  # n -> final FID
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+
+    @property
+    def role(self) -> str:
+        """What the run is in the evidence: paper | forced | profile | smoke | grid (its params decide)."""
+        p = self.params
+        if p.get("profile") == "smoke":
+            return "smoke"
+        if p.get("train.lr") not in (None, "0.002") or p.get("method.bootstrap_ema") == "False":
+            return "forced"
+        if p.get("method.levels") == "uniform" and float(p.get("method.bootstrap_weight", 0)) == 1.0:
+            return "paper"
+        if p.get("method.k") == "0.25" and p.get("method.M") == "32":
+            return "profile"
+        return "grid"
+
+    @property
+    def seed(self) -> int:
+        return int(self.params["seed"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.params["train.steps"])
+
+    def config(self) -> tuple[float, int]:
+        return float(self.params["method.k"]), int(self.params["method.M"])
+
+    def label(self) -> str:
+        k, M = self.config()
+        extra = {"paper": " paper recipe", "forced": " forced: " + (
+            f"lr {self.params['train.lr']}, clip {self.params.get('method.clip')}" if self.params.get("train.lr") != "0.002"
+            else f"live-weight targets, lr {self.params['train.lr']}")}.get(self.role, "")
+        return f"{self.params['method']} {self.params['profile']} k={k:g} M={M} seed {self.seed}{extra}"
+
+    def at(self, metric: str, step: int) -> float:
+        for s, v in self.series.get(metric, []):
+            if s == step:
+                return v
+        return math.nan
+
+
+def load(store: str, experiments=("evidence-digits", "evidence-smoke")) -> list[LoggedRun]:
+    os.environ["BENCH_STORE"] = store
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(store).resolve()}/mlflow.db")
+    import mlflow
+
+    c = mlflow.MlflowClient()
+    out = []
+    for name in experiments:
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            continue
+        for r in c.search_runs([exp.experiment_id], max_results=1000):
+            if r.info.status not in ("FINISHED", "FAILED"):
+                continue
+            run = LoggedRun(r.info.run_id, name, dict(r.data.params), r.info.status, dict(r.data.tags),
+                            {int(m.step): m.value for m in c.get_metric_history(r.info.run_id, "fid")})
+            for key in r.data.metrics:
+                if key.startswith(("train/loss", "train/target2_", "during/")):
+                    run.series[key] = sorted((int(m.step), m.value) for m in c.get_metric_history(r.info.run_id, key))
+            out.append(run)
+    return sorted(out, key=lambda r: (r.experiment, r.role, r.config(), r.seed))
+
+
+def replay_rule(run: LoggedRun, **kw):
+    """FailureRule fed the run's logged train/* means in the order of their steps, as a live run feeds it."""
+    from bench.evaluation.levels import FailureRule
+    from methods.shortcut import Shortcut, ShortcutOptions
+
+    ladder = Shortcut(ShortcutOptions(M=int(run.params["method.M"])), num_classes=0).loss_ladder()
+    rule = FailureRule(ladder, **kw)
+    steps = sorted({s for k, v in run.series.items() if k.startswith("train/") for s, _ in v})
+    by_key = {k: dict(v) for k, v in run.series.items() if k.startswith("train/")}
+    for s in steps:
+        fired = rule.update({k: v[s] for k, v in by_key.items() if s in v}, s)
+        if fired:
+            return rule, s
+    return rule, None
+
+
+def cmd_rule(runs: list[LoggedRun], out: Path) -> str:
+    rows, lines = [], []
+    for r in runs:
+        if r.role not in ("paper", "forced", "profile", "smoke"):
+            continue
+        failing = r.role in ("paper", "forced")
+        nonfinite = r.tags.get("failure.reason") == "nonfinite"
+        rule, step = replay_rule(r)
+        flagged = step is not None or nonfinite
+        when = (f"non-finite at {r.tags.get('failure.step')}" if nonfinite and step is None
+                else f"step {step} ({step / r.steps:.0%})" if step is not None else "-")
+        rows.append({"run": r.label(), "role": r.role, "failing": failing, "flagged": flagged, "when": when,
+                     "fid_n1": r.final.get(1, math.nan), "reason": rule.reason() if step is not None else ""})
+    tp = sum(x["failing"] and x["flagged"] for x in rows)
+    fn = sum(x["failing"] and not x["flagged"] for x in rows)
+    fp = sum(not x["failing"] and x["flagged"] for x in rows)
+    tn = sum(not x["failing"] and not x["flagged"] for x in rows)
+    lines.append("| | flagged | not flagged |\n|---|---|---|")
+    lines.append(f"| failing (paper recipe, forced) | {tp} | {fn} |")
+    lines.append(f"| healthy (profile's shortcut, smoke) | {fp} | {tn} |")
+    lines.append("\n| run | role | final FID n=1 | flagged | when | reason |\n|---|---|---|---|---|---|")
+    for x in rows:
+        lines.append(f"| {x['run']} | {x['role']} | {x['fid_n1']:.4g} | {'yes' if x['flagged'] else 'no'} | {x['when']} | {x['reason']} |")
+    _write_csv(out / "failure_rule.csv", rows)
+    return "\n".join(lines)
+
+
+SIGNALS = {
+    "during FID n=1": lambda r, s: r.at("during/fid_n1", s),
+    "during FID n=4": lambda r, s: r.at("during/fid_n4", s),
+    "paired_to_2n n=1": lambda r, s: r.at("during/paired_to_2n_n1", s),
+    "paired_to_2n n=2": lambda r, s: r.at("during/paired_to_2n_n2", s),
+    "level d=1 loss / target2": lambda r, s: _norm(r, "sc_level_0", s),
+    "mean level loss / target2": lambda r, s: float(np.nanmean([_norm(r, g, s) for g in _levels(r)])),
+    "level d=1 loss (raw)": lambda r, s: _mean_near(r, "train/loss_sc_level_0", s),
+    "flow loss (raw)": lambda r, s: _mean_near(r, "train/loss_flow", s),
+}
+
+
+def _levels(r: LoggedRun) -> list[str]:
+    return [k[len("train/loss_"):] for k in r.series if k.startswith("train/loss_sc_level_")]
+
+
+def _mean_near(r: LoggedRun, key: str, step: int, span: int = 250) -> float:
+    """The mean of the logged points in (step - span, step]: log-point noise averaged, as a scheduler would."""
+    v = [x for s, x in r.series.get(key, []) if step - span < s <= step and math.isfinite(x)]
+    return float(np.mean(v)) if v else math.nan
+
+
+def _norm(r: LoggedRun, group: str, step: int) -> float:
+    lo, t2 = _mean_near(r, f"train/loss_{group}", step), _mean_near(r, f"train/target2_{group}", step)
+    return lo / t2 if t2 > 0 else math.nan
+
+
+def spearman_ci(x, y, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    rho = spearmanr(x, y).statistic
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(reps):
+        i = rng.integers(0, len(x), len(x))
+        if len(set(x[i])) > 1 and len(set(y[i])) > 1:
+            boots.append(spearmanr(x[i], y[i]).statistic)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(rho), float(lo), float(hi)
+
+
+def grid_runs(runs: list[LoggedRun], seeds=(0, 1, 2)) -> list[LoggedRun]:
+    return [r for r in runs if r.experiment == "evidence-digits" and r.role in ("grid", "profile")
+            and r.seed in seeds and r.status == "FINISHED"]
+
+
+def cmd_rank(runs: list[LoggedRun], out: Path) -> str:
+    grid = grid_runs(runs)
+    configs = sorted({r.config() for r in grid})
+    lines = [f"{len(grid)} runs: {len(configs)} configurations (k, M) x seeds "
+             f"{sorted({r.seed for r in grid})}; Spearman rho of the signal (lower = better) against the final FID, "
+             "95 % bootstrap interval over runs (2,000 resamples)\n",
+             "| signal | at | vs final FID n=1 | vs final FID n=4 |", "|---|---|---|---|"]
+    rows = []
+    for name, fn in SIGNALS.items():
+        for share in (0.1, 0.2, 0.4):
+            cells = []
+            for n in (1, 4):
+                xs = [fn(r, int(round(share * r.steps))) for r in grid]
+                ys = [r.final.get(n, math.nan) for r in grid]
+                rho, lo, hi = spearman_ci(xs, ys)
+                cells.append(f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+                rows.append({"signal": name, "share": share, "n": n, "rho": rho, "lo": lo, "hi": hi,
+                             "runs": int(np.sum(np.isfinite(xs) & np.isfinite(ys)))})
+            lines.append(f"| {name} | {share:.0%} | {cells[0]} | {cells[1]} |")
+    lines.append("\nFinal FID per configuration (mean over seeds):\n\n| k | M | n=1 | n=4 | seeds |\n|---|---|---|---|---|")
+    for k, M in configs:
+        rs = [r for r in grid if r.config() == (k, M)]
+        lines.append(f"| {k:g} | {M} | {np.mean([r.final[1] for r in rs]):.2f} | {np.mean([r.final[4] for r in rs]):.2f} | {len(rs)} |")
+    _write_csv(out / "signal_ranking.csv", rows)
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    path.write_text(buf.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("store")
+    ap.add_argument("what", choices=["rule", "rank", "asha"])
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "sweep-signals")
+    ap.add_argument("--metric", default="during/fid_n1")
+    a = ap.parse_args()
+    runs = load(a.store)
+    text = {"rule": cmd_rule, "rank": cmd_rank}[a.what](runs, a.out) if a.what != "asha" else cmd_asha(runs, a.out, a.metric)
+    print(text)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / {"rule": "failure_rule.md", "rank": "signal_ranking.md", "asha": "asha_vs_grid.md"}[a.what]).write_text(text + "\n")
+
+
+def _replay(config: dict) -> None:
+    """A Tune function trainable that replays one logged trial: its signal at every evaluation step, then
+    its final FID at n = 1 at the last step (what a live trial reports, without the training)."""
+    from ray import tune
+
+    for step, value in config["points"]:
+        tune.report({"step": step, "score": value})
+
+
+def cmd_asha(runs: list[LoggedRun], out: Path, metric: str, orders: int = 5, grace: int = 1000,
+             reduction: int = 2) -> str:
+    """Every grid trial (k, M, seed) replayed through ray.tune.schedulers.ASHAScheduler, one at a time (a
+    2-core machine runs them so), in `orders` random orders; the scheduler keeps or stops each at its rungs."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    grid = grid_runs(runs)
+    steps = grid[0].steps
+    trials = []
+    for r in grid:
+        pts = [(s, v) for s, v in r.series.get(metric, []) if math.isfinite(v)]
+        pts.append((steps, r.final[1]))  # the final evaluation, at the end of training
+        trials.append({"key": f"k={r.config()[0]:g} M={r.config()[1]} seed {r.seed}", "config": r.config(), "seed": r.seed,
+                       "points": pts})
+    configs = sorted({t["config"] for t in trials})
+    final = {c: {t["seed"]: r.final[1] for t, r in zip(trials, grid) if t["config"] == c} for c in configs}
+    grid_mean = {c: float(np.mean(list(v.values()))) for c, v in final.items()}
+    winner = min(grid_mean, key=grid_mean.get)
+    lines = [f"{len(trials)} trials ({len(configs)} configurations x seeds), {steps} steps each: the grid spends "
+             f"{len(trials) * steps:,} steps. Grid winner by mean final FID at n = 1: k={winner[0]:g} M={winner[1]} "
+             f"({grid_mean[winner]:.2f}).", "",
+             f"ASHA (Ray Tune's ASHAScheduler: time_attr step, metric {metric} then the final FID n=1 at step {steps}, "
+             f"mode min, grace_period {grace}, reduction_factor {reduction}, max_t {steps}), trials one at a time in "
+             f"{orders} random orders:", "",
+             "| order | steps spent | share of the grid's | trials finished | picked (best mean final FID n=1 of its finished trials) | picked - winner, paired over seeds: mean [95 % CI] | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        for o in range(orders):
+            order = list(np.random.default_rng(o).permutation(len(trials)))
+            sched = ASHAScheduler(time_attr="step", metric="score", mode="min", grace_period=grace,
+                                  reduction_factor=reduction, max_t=steps)
+            tuner = tune.Tuner(_replay, param_space={"points": tune.grid_search([trials[i]["points"] for i in order])},
+                               tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
+                               run_config=tune.RunConfig(verbose=0, storage_path=str(Path(out).resolve() / ".ray")))
+            res = tuner.fit()
+            spent, done = 0, []
+            for r in res:
+                pts = r.config["points"]
+                i = next(i for i in order if trials[i]["points"] == pts)
+                last = int(r.metrics["step"])
+                spent += last
+                if last == steps:
+                    done.append(trials[i])
+            by_cfg: dict = {}
+            for t in done:
+                by_cfg.setdefault(t["config"], []).append(final[t["config"]][t["seed"]])
+            picked = min(by_cfg, key=lambda c: np.mean(by_cfg[c]))
+            diff = [final[picked][s] - final[winner][s] for s in final[winner] if s in final[picked]]
+            m = float(np.mean(diff))
+            if picked == winner:
+                ci, verdict = "0", "same"
+            else:
+                from scipy import stats
+
+                h = stats.t.ppf(0.975, len(diff) - 1) * np.std(diff, ddof=1) / np.sqrt(len(diff))
+                ci = f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]"
+                verdict = "within the interval" if m - h <= 0 <= m + h else "worse"
+            lines.append(f"| {o} | {spent:,} | {spent / (len(trials) * steps):.2f} | {len(done)} | k={picked[0]:g} M={picked[1]} "
+                         f"({np.mean(by_cfg[picked]):.2f}) | {ci} | {verdict} |")
+    finally:
+        ray.shutdown()
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
