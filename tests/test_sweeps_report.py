@@ -1,6 +1,6 @@
 """`bench report` on a sweep: FID against the swept value at n = 1, 4 and M, mean and spread over
-seeds. Runs are written straight into a fresh store with hand-picked FIDs; the expected means and
-standard deviations are worked out by hand below."""
+seeds, and trials a scheduler stopped or that failed marked there and nowhere else. Runs are written straight
+into a fresh store with hand-picked FIDs; the expected means and standard deviations are worked out by hand below."""
 
 from __future__ import annotations
 
