@@ -16,7 +16,8 @@ $BENCH_STORE/reports/<experiment>/ unless --out says where (the committed refere
 - paired.md / paired.csv (two groups or more): per-seed differences between groups that share seeds
   and evaluation noise, with their 95 % t-intervals (bench.report.paired);
 - several methods: fid_vs_compute.png/.svg (FID at 1, 4 and M steps against training compute);
-  one method's sweep: fid_vs_swept.png/.svg and .csv (FID against the swept value);
+  one method's sweep: fid_vs_swept.png/.svg and .csv (FID against the swept value, one panel per n in 1, 4, M;
+  trials a scheduler stopped or that failed marked at their last FID during training, and nowhere else);
 - runs with paired_to_M: paired_vs_steps.png/.svg (against n per group) and paired_intervals.csv (its
   95 % interval's relative half-width against FID's at the same n);
 - runs that share a loss ladder (the `loss_ladder` param): levels.png/.svg (each level's training loss
@@ -40,7 +41,7 @@ from bench.report.paired import t_interval as mean_ci, write_paired  # noqa: F40
 from bench.report.frames import (  # noqa: F401  (the report's API: bench.report.collect, ...)
     SWEEP_TAG, GROUP_PREFIXES, PER_RUN, FLOORS, collect,
     run_identity, RUN_COLUMNS, group_keys, label_groups, group_title, training_compute,
-    hue_column, collect_levels, read_metrics_csv,
+    hue_column, collect_levels, read_metrics_csv, OUTCOMES, OUTCOME_COLUMNS, DURING_FID, finished,
 )
 from bench.report.tables import (  # noqa: F401  (the report's API: bench.report.collect, ...)
     CI_NOTE, format_ci, fid_table, floors, floor_note, ratio_table,
@@ -95,10 +96,21 @@ def _commits(df: pd.DataFrame) -> str:
     return f"made on {len(commits)} commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}"
 
 
+def _outcomes(df: pd.DataFrame) -> str:
+    """'5 runs' or '5 runs: 3 finished, 1 stopped, 1 failed' (stopped and failed sweep trials are in the sweep figure only)."""
+    runs = df.drop_duplicates("run_id")
+    counts = runs["outcome"].value_counts() if "outcome" in runs else pd.Series({"finished": len(runs)})
+    text = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+    if counts.get("finished", 0) == len(runs):
+        return text
+    return text + ": " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o, 0))
+
+
 def write_outputs(df: pd.DataFrame, out: Path, source: str, correction: str = "holm",
                   ratio: tuple[str, str] | None = None, extra: Callable[[], list[Path]] | None = None) -> list[Path]:
     """Everything but metrics.csv, from collect()'s frame (the store) or read_metrics_csv()'s (a CSV):
     figures, table.md, paired.md/.csv, leaderboard.md/.csv, comparisons.csv, ratio, then index.html.
+    Only the sweep figure and its CSV see stopped and failed trials; everything else reads finished runs.
     extra: more outputs written before the page (the store's level report)."""
     from bench.files.checkpoint import atomic_write
     from bench.report.leaderboard import write_leaderboard
@@ -106,14 +118,17 @@ def write_outputs(df: pd.DataFrame, out: Path, source: str, correction: str = "h
     from bench.report.paired import duplicate_seeds, duplicates_markdown, paired_table
 
     out.mkdir(parents=True, exist_ok=True)
+    trials, df = df, finished(df)  # trials: every outcome, for the sweep figure; df: finished runs, for the rest
+    if df[df["metric"] == "fid"].empty:
+        raise BenchError(f"No finished run with evaluation metrics to report ({_outcomes(trials)}).")
     written = plot_fid_vs_steps(df, out / "fid_vs_steps.png")
     table = fid_table(df)
     written.append(atomic_write(out / "table.md", lambda fh: fh.write(table.encode())))
     if df["method"].nunique() > 1 and df["train_compute"].gt(0).any():  # methods side by side: FID per unit of training
         written += plot_fid_vs_compute(df, out / "fid_vs_compute.png", describe(df))
-    if hue_column(df) != "group":  # one method's sweep: FID against the swept value too
-        written += plot_fid_vs_swept(df, out / "fid_vs_swept.png", describe(df))
-        swept = swept_table(df).to_csv(index=False, float_format="%.6g")
+    if hue_column(trials) != "group":  # one method's sweep: FID against the swept value too
+        written += plot_fid_vs_swept(trials, out / "fid_vs_swept.png", describe(df))
+        swept = swept_table(trials).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(swept.encode())))
     written += write_paired(df, out, source)  # pairs of groups on shared seeds and evaluation noise
     written += write_paired_distance(df, out)
@@ -146,8 +161,9 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
     from bench.files.checkpoint import atomic_write
 
     df = collect(experiment, uri, names)
-    if df.empty:
-        raise BenchError(f"Experiment {experiment!r} has no finished runs with evaluation metrics.")
+    if df.empty or finished(df).empty:
+        what = f" ({_outcomes(df)})" if not df.empty else ""
+        raise BenchError(f"Experiment {experiment!r} has no finished runs with evaluation metrics{what}.")
     out = Path(out) if out else default_out(experiment)
     out.mkdir(parents=True, exist_ok=True)
     keys = df.attrs["group_keys"]
@@ -157,10 +173,11 @@ def write_report(experiment: str, out: Path | None = None, uri: str | None = Non
                "seed", "num_samples", "feature_space", "swept", "train_examples", "teacher_examples", "train_compute",
                "steps", "metric", "value"]
     frame = df.rename(columns={k: f"fid_floor_{k}" for k in FLOORS})
-    csv = frame[list(dict.fromkeys(columns + list(RUN_COLUMNS)))].to_csv(index=False)
+    csv = frame[list(dict.fromkeys(columns + list(RUN_COLUMNS) + list(OUTCOME_COLUMNS)))].to_csv(index=False)
     written = [atomic_write(out / "metrics.csv", lambda fh: fh.write(csv.encode()))]
-    source = f"Experiment {experiment} ({df['run_id'].nunique()} runs), {_commits(df)}."
-    written += write_outputs(df, out, source, correction, ratio, extra=lambda: write_level_report(df, experiment, out, uri))
+    source = f"Experiment {experiment} ({_outcomes(df)}), {_commits(df)}."
+    written += write_outputs(df, out, source, correction, ratio,
+                             extra=lambda: write_level_report(finished(df), experiment, out, uri))
     return written
 
 
@@ -172,7 +189,7 @@ def write_from_csv(path: Path, out: Path | None = None, correction: str = "holm"
     path = Path(path)
     df = read_metrics_csv(path, names)
     out = Path(out) if out else path.parent
-    source = f"Rebuilt from {path.name} ({df['run_id'].nunique()} runs), {_commits(df)}."
+    source = f"Rebuilt from {path.name} ({_outcomes(df)}), {_commits(df)}."
     return write_outputs(df, out, source, correction)
 
 

@@ -224,32 +224,97 @@ def draw_floor(ax, fl: pd.DataFrame, lo: float, hi: float, label: bool = True) -
         ax.axhline(f, color="0.35", ls=":", lw=1.2, label="floor: new data" if label else None)
 
 
+OUTCOME_STYLE = {  # how the sweep figure draws a trial that did not finish: marker, filled, colour (colorblind palette index)
+    "stopped": ("o", False, 2),
+    "failed": ("x", True, 3),
+}
+
+
+def trial_note(r) -> str:
+    """'stopped @ step 200/1000' or 'failed @ step 300 (nonfinite)': what ended a trial and when."""
+    step = "?" if pd.isna(r.stopped_at_step) else f"{int(r.stopped_at_step)}"
+    of = "" if pd.isna(r.train_steps) else f"/{int(r.train_steps)}"
+    reason = f" ({r.failure_reason})" if r.outcome == "failed" and isinstance(r.failure_reason, str) and r.failure_reason else ""
+    return f"{r.outcome} @ step {step}{of}{reason}"
+
+
 def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
-    """FID against the swept value, one line each for n = 1, 4 and M; mean and 95 % t-interval over seeds."""
+    """FID against the swept value, one panel per n in 1, 4 and M (each run's own largest n): finished runs'
+    seeds as dots, their mean and 95 % t-interval as a line and band; each stopped trial a hollow circle and
+    each failed one a cross (x) at its last FID during training (on the top edge where it has none), annotated with
+    the step it ended at (of its training steps) and a failure's reason. The x axis: log2 for numbers spanning
+    4x or more, linear for other numbers, the values in order for anything else."""
+    import matplotlib.lines as mlines
+    import seaborn as sns
+
     plt = pyplot()
     key = hue_column(df)
-    raw = swept_table(df).attrs["raw"]
-    stats = raw.groupby(["at", key])["value"].apply(_interval).unstack().reset_index()
-    floor, top = _bands(stats)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    order = [a for a in ("n = 1", "n = 4", "n = M") if a in set(stats["at"])]
-    numeric = all(isinstance(v, float) for v in stats[key])
-    if not numeric:
-        stats[key] = stats[key].astype(str)
-    _lines(ax, stats, "at", key, order, floor)
-    if numeric:
-        values = sorted(stats[key].unique())
-        if values[0] > 0 and values[-1] / values[0] >= 4:
+    table = swept_table(df)
+    raw, trials = table.attrs["raw"], table.attrs["trials"]
+    stats = raw.groupby(["at", key])["value"].apply(_interval).unstack().reset_index() if len(raw) else \
+        pd.DataFrame(columns=["at", key, "mean", "lo", "hi", "n"])
+    values = sorted(set(raw[key]) | set(trials[key]), key=_sort_key)
+    numeric = all(isinstance(v, float) for v in values)
+    position = {v: (v if numeric else i) for i, v in enumerate(values)}  # anything else: categories in order
+    rank = {v: i for i, v in enumerate(values)}
+    shown = [*stats["mean"], *trials["mean"]]
+    positive = [float(v) for v in shown if v > 0]
+    floor = min(positive) / 1.5 if positive else 1e-3
+    headroom = 1.3 if (trials["mean"] > 0).all() else 1.8  # room under the top edge for the notes of trials without a FID
+    top = max([*positive, *stats["hi"]]) * headroom if positive else 1.0
+    order = [a for a in ("n = 1", "n = 4", "n = M") if a in set(raw["at"]) | set(trials["at"])]
+    colours = sns.color_palette("colorblind", 4)
+    fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order) + 2.6, 4.0), dpi=120, sharey=True, squeeze=False)
+    for ax, at in zip(axes[0], order):
+        pts = raw[raw["at"] == at]
+        ax.scatter(pts[key].map(position), pts["value"], s=12, color=colours[0], alpha=0.45, lw=0, zorder=2)
+        st = stats[stats["at"] == at].assign(x=lambda t: t[key].map(position)).sort_values("x")
+        ax.plot(st["x"], st["mean"], marker="o", color=colours[0], lw=1.6, ms=5, zorder=3)
+        if (st["n"] > 1).any():
+            ax.fill_between(st["x"], st["lo"].clip(lower=floor), st["hi"], color=colours[0], alpha=0.18, lw=0)
+        crowd: dict = {}  # trials already annotated at one x: the next note goes below
+        for r in trials[trials["at"] == at].itertuples():
+            marker, filled, c = OUTCOME_STYLE.get(r.outcome, ("s", True, 2))
+            value = r[1]  # the swept value: the first column (method.k is no attribute name)
+            x, y = position[value], r.mean
+            y = y if y > 0 else top  # no FID during training (or none > 0): on the top edge
+            paint = {"color": colours[c]} if filled else {"facecolors": "none", "edgecolors": colours[c]}  # x: a line marker
+            ax.scatter([x], [y], marker=marker, s=52, lw=1.8, zorder=4, clip_on=False, **paint)
+            k = crowd[x] = crowd.get(x, -1) + 1
+            right = rank[value] > (len(values) - 1) / 2  # notes point into the panel
+            dy = 4 - 9 * k if y < top else -11 - 9 * k  # below a mark on the top edge, off the panel's title
+            ax.annotate(trial_note(r) + ("" if r.mean > 0 else ", no FID yet"), (x, y), xytext=(-6 if right else 6, dy),
+                        textcoords="offset points", ha="right" if right else "left", fontsize=6.5, color=colours[c],
+                        annotation_clip=False)
+        if numeric and values[0] > 0 and values[-1] / values[0] >= 4:
             axis(ax, "x", values[0], values[-1], log2_ticks=values)
-    axis(ax, "y", floor, top)
-    ax.set_ylim(floor, top)
-    seeds = int(stats["n"].max())
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"FID ({', '.join(sorted(df['feature_space'].unique()))} features)")
-    ax.set_title(f"{title}: FID against {key}" + (f", mean and 95 % t-interval over up to {seeds} seeds" if seeds > 1 else ""),
-                 fontsize=9)
-    ax.grid(True, which="major", alpha=0.3)
-    _legend(ax, "at")
+        elif not numeric:
+            ax.set_xticks(range(len(values)))
+            ax.set_xticklabels([str(v) for v in values], rotation=30 if len(values) > 4 else 0, fontsize=8)
+            ax.set_xlim(-0.5, len(values) - 0.5)
+        axis(ax, "y", floor, top)
+        ax.set_ylim(floor, top)
+        ax.set_title(at + (" (each run's largest n)" if at == "n = M" else ""), fontsize=9)
+        ax.set_xlabel(key)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].set_ylabel(f"FID ({', '.join(sorted(map(str, df['feature_space'].unique())))} features)")
+    seeds = int(stats["n"].max()) if len(stats) else 0
+    handles = [mlines.Line2D([], [], color=colours[0], marker="o", lw=1.6, ms=5,
+                             label="finished: mean over seeds" + (", 95 % t-band" if seeds > 1 else "")),
+               mlines.Line2D([], [], color=colours[0], marker="o", lw=0, ms=4, alpha=0.45, label="finished: one seed")]
+    for what, text in (("stopped", "stopped by the scheduler:\nlast FID during training"),
+                       ("failed", "failed (step, reason):\nlast FID during training")):
+        if (trials["outcome"] == what).any():
+            marker, filled, c = OUTCOME_STYLE[what]
+            handles.append(mlines.Line2D([], [], lw=0, marker=marker, ms=7, mew=1.8, markeredgecolor=colours[c],
+                                         markerfacecolor=colours[c] if filled else "none", label=text))
+    if (~(trials["mean"] > 0)).any():
+        handles.append(mlines.Line2D([], [], lw=0, label="on the top edge: no FID during training"))
+    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7.5)
+    ended = trials.drop_duplicates("run_id")["outcome"].value_counts()
+    fig.suptitle(f"{title}: FID against {key}" + (f", mean and 95 % t-interval over up to {seeds} seeds" if seeds > 1 else "")
+                 + "".join(f"; {ended[o]} {o}" for o in ("stopped", "failed") if o in ended), fontsize=9)
+    fig.tight_layout()
     return save(fig, path)
 
 

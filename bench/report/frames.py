@@ -1,4 +1,5 @@
-"""What `bench report` reads: the store's finished runs as one frame (a row per run, metric and n), their groups and labels, and the level losses."""
+"""What `bench report` reads: the store's finished runs (and a sweep's stopped and failed trials) as one frame
+(a row per run, metric and n), their groups and labels, and the level losses."""
 
 from __future__ import annotations
 
@@ -31,8 +32,51 @@ PER_RUN = {"seed", "eval.seed", "method.teacher", "eval.checkpoint", "eval.check
 FLOORS = ("fresh", "fresh_se", "fresh_sd", "fresh_sd_fixed_ref", "copy")
 
 
+# a sweep trial's outcome (its `sweep.outcome` tag; runs before the tag: from the run's status)
+OUTCOMES = ("finished", "stopped", "failed")
+OUTCOME_OF_STATUS = {"FINISHED": "finished", "KILLED": "stopped", "FAILED": "failed"}
+
+# what a trial ended as: per-run columns of collect()'s frame and metrics.csv. stopped_at_step: the training step a
+# scheduler stopped it at (sweep.stopped_at_step) or it failed at (failure.step); nan for a finished run
+OUTCOME_COLUMNS = ("outcome", "stopped_at_step", "train_steps", "failure_reason")
+
+# the last FID during training (the during/fid_n{n} histories) of a stopped or failed trial, one row per n in 1, 4, M:
+# its metric name in collect()'s frame; never `fid`, so no table, leaderboard or pairing takes it for a final FID
+DURING_FID = "during/fid"
+
+
+def outcome(status: str, tags: dict[str, str]) -> str | None:
+    """finished, stopped or failed; None for a run still going (RUNNING, SCHEDULED)."""
+    tagged = tags.get("sweep.outcome", "")
+    return tagged if tagged in OUTCOMES else OUTCOME_OF_STATUS.get(status)
+
+
+def finished(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of finished runs (every row of a frame without an outcome column: CSVs of old), attrs kept:
+    what every table, leaderboard, pairing and FID-vs-steps figure reads."""
+    if "outcome" not in df.columns:
+        return df
+    out = df[df["outcome"].fillna("finished") == "finished"]
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def _during_fid(store, run, params: dict[str, str]) -> list[tuple[int, float]]:
+    """(n, the last logged during/fid_n{n}) for n in 1, 4 and M (method.M, else the largest n logged), value nan
+    where that n has none; every n is nan for a trial stopped before its first evaluation."""
+    logged = {int(k.rsplit("_n", 1)[1]) for k in run.metrics if k.startswith("during/fid_n") and k.rsplit("_n", 1)[1].isdigit()}
+    M = int(float(params["method.M"])) if "method.M" in params else max(logged, default=1)
+    out = []
+    for n in sorted({n for n in (1, 4, M) if n <= M}):
+        points = store.history(run.run_id, f"during/fid_n{n}") if n in logged else []
+        out.append((n, max(points, key=lambda m: m.step).value if points else math.nan))
+    return out
+
+
 def collect(experiment: str, uri: str | None = None, names: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per (finished run, metric, sampling steps) of `experiment`, with the run's group."""
+    """One row per (finished run, metric, sampling steps) of `experiment`, with the run's group and outcome;
+    a sweep's stopped and failed trials add one row per n in 1, 4, M each (metric DURING_FID: their last FID
+    during training, nan where they have none) and none of their other metrics."""
     from bench.store.tracking import LARGEST_PAGE, RunStore
 
     store = RunStore.existing(uri)  # reporting never creates a store
@@ -41,10 +85,14 @@ def collect(experiment: str, uri: str | None = None, names: dict[str, str] | Non
         raise BenchError(f"No experiment {experiment!r} in the tracking store {store.uri}.")
     metric_names = report_names()  # read now, so a metric registered after this module's import is collected
     rows = []
-    for run in store.find(experiment_id=experiment_id, status="FINISHED", limit=LARGEST_PAGE):
+    for run in store.find(experiment_id=experiment_id, limit=LARGEST_PAGE):
         tags, params = run.tags, run.params
         if tags.get("bench.role") == "teacher":
             continue  # teachers trained inside a distillation run are reported by their student
+        ended = outcome(run.status, tags)
+        trial = tags.get("sweep.role") == "trial" or (SWEEP_TAG in tags and tags.get("sweep.role") != "parent")
+        if ended is None or (ended != "finished" and not trial) or (ended == "finished" and run.status != "FINISHED"):
+            continue  # still running, a failed run outside a sweep (as before), or a tag that contradicts the status
         swept = [k for k in tags.get(SWEEP_TAG, "").split(",") if k]
         base = {
             "run_id": run.run_id,
@@ -61,16 +109,31 @@ def collect(experiment: str, uri: str | None = None, names: dict[str, str] | Non
             # what a perfect sampler scores here (bench.evaluation.metrics.fid_floor); nan for runs before it was logged
             **{k: run.metrics.get(f"fid_floor_{k}", math.nan) for k in FLOORS},
             **run_identity(tags, params),
+            "outcome": ended,
+            "stopped_at_step": _float(tags.get("sweep.stopped_at_step" if ended == "stopped" else "failure.step"))
+            if ended != "finished" else math.nan,
+            "train_steps": _float(params.get("train.steps")),
+            "failure_reason": tags.get("failure.reason", "") if ended == "failed" else "",
         }
         group = {k: v for k, v in params.items() if k.startswith(GROUP_PREFIXES) and k not in PER_RUN}
         base["config"] = json.dumps({"method": base["method"], "profile": base["profile"], "dataset": base["dataset"],
                                      **group}, sort_keys=True)
+        if ended != "finished":
+            rows += [{**base, "steps": n, "metric": DURING_FID, "value": v} for n, v in _during_fid(store, run, params)]
+            continue
         for key in metric_names:
             if key not in run.metrics:
                 continue
             for m in store.history(run.run_id, key):
                 rows.append({**base, "steps": m.step, "metric": key, "value": m.value})
     return label_groups(pd.DataFrame(rows), names)
+
+
+def _float(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def run_identity(tags: dict[str, str], params: dict[str, str]) -> dict[str, str]:
@@ -192,7 +255,7 @@ def collect_levels(experiment: str, uri: str | None = None) -> tuple[pd.DataFram
 
     store = RunStore.existing(uri)
     runs = [r for r in store.find(experiment, status="FINISHED", limit=LARGEST_PAGE)
-            if "loss_ladder" in r.params and r.tags.get("bench.role") != "teacher"]
+            if "loss_ladder" in r.params and r.tags.get("bench.role") != "teacher" and outcome(r.status, r.tags) == "finished"]
     ladders = {r.params["loss_ladder"] for r in runs}
     if len(ladders) != 1:
         return pd.DataFrame(), {}
@@ -215,7 +278,8 @@ def read_metrics_csv(path, names: dict[str, str] | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise BenchError(f"No metrics file {path}.")
     try:
-        df = pd.read_csv(path, dtype={"git_commit": str, "eval_seed": str, "reference": str, "teacher_sha256": str})
+        df = pd.read_csv(path, dtype={"git_commit": str, "eval_seed": str, "reference": str, "teacher_sha256": str,
+                                      "outcome": str, "failure_reason": str})
     except Exception as e:
         raise BenchError(f"{path} is not a readable CSV ({type(e).__name__}).") from None
     missing = {"group", "seed", "steps", "metric", "value", "run_id", "method"} - set(df.columns)
@@ -240,6 +304,12 @@ def read_metrics_csv(path, names: dict[str, str] | None = None) -> pd.DataFrame:
     for k in ("num_samples",):
         if k in df.columns:
             df[k] = df[k].fillna(0).astype(int)
+    # a CSV written before sweeps recorded outcomes holds finished runs only
+    df["outcome"] = df["outcome"].fillna("finished") if "outcome" in df.columns else "finished"
+    for k in ("stopped_at_step", "train_steps"):
+        if k not in df.columns:
+            df[k] = math.nan
+    df["failure_reason"] = df["failure_reason"].fillna("") if "failure_reason" in df.columns else ""
     df.attrs["group_keys"] = keys
     df.attrs["source"] = path
     return df

@@ -17,7 +17,7 @@ from bench.report.tables import plain
 FIGURES = (
     ("fid_vs_steps.png", "FID against sampling steps, one panel per method family."),
     ("fid_vs_compute.png", "FID at 1, 4 and M steps against training compute (teacher included)."),
-    ("fid_vs_swept.png", "FID against the swept value."),
+    ("fid_vs_swept.png", "FID against the swept value at 1, 4 and M steps; stopped (o) and failed (x) trials at their last FID in training."),
     ("paired_vs_steps.png", "Each n's samples against the same model's M-step samples from the same noise."),
     ("levels.png", "Training loss per level of the method's loss ladder."),
 )
