@@ -70,9 +70,15 @@ class TrainConfig:
     label_dropout: float = 0.0  # p_uncond: share of rows whose label becomes the null class (CFG)
     checkpoint_every: int = 2000  # steps between atomic checkpoints (one more at the end)
     log_every: int = 50  # steps between train/loss points (and the non-finite check)
-    # warn (one line, run tag train.diverging_levels) when a level of the method's loss ladder rose at each
-    # of this many consecutive log points while its base (flow) loss fell; 0 = off (bench/evaluation/levels.py)
+    # the failure rule (bench/evaluation/levels.py FailureRule) on the method's loss ladder: log points per
+    # window (0 = off); "warn" (one line, run tag train.failing_level) or "stop" (the run ends FAILED,
+    # failure.reason = failure_rule; a sweep records the trial as failed and goes on); a level fails when its
+    # loss / target second moment rises to failure_growth x its low, or, for the top level, stays above
+    # failure_ceiling (0 = no ceiling: its scale depends on the data and model, a profile sets it)
     divergence_points: int = 5
+    failure_rule: str = "warn"
+    failure_growth: float = 4.0
+    failure_ceiling: float = 0.0
     eval_every: int = 0  # steps between evaluations during training (0: only at the end)
     precision: str = "fp32"  # "fp32" or "bf16" (autocast, CUDA only)
     compile: bool = False  # torch.compile the model (CUDA)
@@ -108,6 +114,7 @@ DEFAULT_SEED = 0  # the run seed where no profile, --seed or --set names one
 
 LR_SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("none", "flip")
+FAILURE_RULES = ("warn", "stop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 SECTIONS: dict[str, type] = {
@@ -429,7 +436,12 @@ def validate(cfg: Config) -> None:
     if cfg.train.lr_warmup < 0:
         raise BenchError(f"train.lr_warmup must be >= 0 steps, got {cfg.train.lr_warmup}.")
     if cfg.train.divergence_points < 0:
-        raise BenchError(f"train.divergence_points must be >= 0 (0 = no warning), got {cfg.train.divergence_points}.")
+        raise BenchError(f"train.divergence_points must be >= 0 (0 = no failure rule), got {cfg.train.divergence_points}.")
+    if cfg.train.failure_rule not in FAILURE_RULES:
+        raise BenchError(f"train.failure_rule must be {' or '.join(FAILURE_RULES)}, got {cfg.train.failure_rule!r}.")
+    if not cfg.train.failure_growth > 1 or cfg.train.failure_ceiling < 0:
+        raise BenchError(f"train.failure_growth must be > 1 and train.failure_ceiling >= 0 (0 = none), got "
+                         f"{cfg.train.failure_growth} and {cfg.train.failure_ceiling}.")
     if cfg.train.workers < 1:
         raise BenchError(f"train.workers must be >= 1, got {cfg.train.workers}.")
     if cfg.train.batch_size % cfg.train.workers:

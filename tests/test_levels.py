@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.config import resolve
-from bench.evaluation.levels import DivergenceWatch
+from bench.evaluation.levels import FailureRule
 from methods.base import Batch, LossLadder, Method, Targets, interpolate
 from methods.shortcut import Shortcut, ShortcutOptions
 
@@ -183,42 +183,85 @@ def test_paired_distances_in_feature_space():
     assert out["paired_to_M_features"] == pytest.approx(np.mean((fa - fb) ** 2))
 
 
-# -- the warning ---------------------------------------------------------------------------------
+# -- the failure rule ----------------------------------------------------------------------------
 LADDER = LossLadder(("sc_level_0", "sc_level_1", "flow"), ("d = 1", "d = 1/2", "flow"), "flow")
 
 
-def _feed(watch, level0, level1, flow):
-    fired = []
-    for i, (a, b, f) in enumerate(zip(level0, level1, flow)):
-        for g in watch.update({"train/loss_sc_level_0": a, "train/loss_sc_level_1": b, "train/loss_flow": f}, 50 * (i + 1)):
-            fired.append((g, 50 * (i + 1)))
-    return fired
+def _feed(rule, loss0, t2_0, loss1, t2_1):
+    """The rule fed log points every 50 steps; returns (group, step) when it fires."""
+    for i, (a, b, c, d) in enumerate(zip(loss0, t2_0, loss1, t2_1)):
+        g = rule.update({"train/loss_sc_level_0": a, "train/target2_sc_level_0": b, "train/loss_sc_level_1": c,
+                         "train/target2_sc_level_1": d, "train/loss_flow": 0.3, "train/target2_flow": 2.0}, 50 * (i + 1))
+        if g:
+            return g, 50 * (i + 1)
+    return None
 
 
-def test_the_warning_fires_on_a_diverging_level_and_not_on_a_healthy_run():
+def _settling(n, rng, scale=1.2, start=8):
+    """A target scale that sits near zero for `start` points (smoke's does), then grows tenfold, then settles."""
+    grow = np.concatenate([np.full(start, 0.005), np.geomspace(0.005, scale, 12)])
+    return np.concatenate([grow, scale * (1 + 0.03 * rng.normal(size=n - len(grow)))])
+
+
+def test_the_failure_rule_passes_a_healthy_run_and_names_a_diverging_level_at_the_right_step():
     rng = np.random.default_rng(0)
+    n = 80
+    t2 = _settling(n, rng)
+    # healthy: the loss is 0.7 % of the target's energy with 30 % log-point noise, and it rises legitimately
+    # while the targets grow (the raw-loss warning this replaces fired on that)
+    healthy = 0.007 * t2 * (1 + 0.3 * np.abs(rng.normal(size=n)))
+    assert _feed(FailureRule(LADDER, 5), healthy, t2, healthy, t2) is None
+    # level d = 1/2 diverges from point 50 on: its loss climbs 15 % per log point against a settled target
+    diverging = healthy.copy()
+    diverging[50:] = healthy[49] * 1.15 ** np.arange(1, n - 49)
+    rule = FailureRule(LADDER, 5)
+    fired = _feed(rule, healthy, t2, diverging, t2)
+    # the step, retyped: the first point after arming where the 5-point windowed ratio reaches 4x its low
+    armed, low, expect = None, None, None
+    for i in range(n):
+        w = [t2[max(0, i - 5 * (k + 1) + 1): i - 5 * k + 1].sum() for k in (2, 1, 0)]
+        if armed is None:
+            if i + 1 >= 15 and all(abs(b / a - 1) <= 0.1 for a, b in zip(w, w[1:])):
+                armed = i
+            continue
+        r = diverging[i - 4: i + 1].sum() / t2[i - 4: i + 1].sum()
+        low = r if low is None else min(low, r)
+        if r >= 4 * low:
+            expect = 50 * (i + 1)
+            break
+    assert armed is not None and fired == ("sc_level_1", expect) and expect > 50 * 50
+    assert "level d = 1/2 failing at step" in rule.message() and "x its lowest" in rule.message()
+    assert _feed(FailureRule(LADDER, 0), healthy, t2, diverging, t2) is None  # divergence_points = 0: off
+
+
+def test_the_ceiling_reads_the_top_level_only_and_only_once_its_targets_settled():
+    rng = np.random.default_rng(1)
     n = 60
-    flow = list(2.0 * np.exp(-np.arange(n) / 30) + 1.0 + 0.01 * rng.normal(size=n))  # falls throughout
-    # healthy: every level rises at first (the targets grow from the initial EMA), then settles with noise
-    rise = [0.02 * 1.6**i for i in range(8)]  # 8 rising points: more than `points`, before the level is armed
-    healthy = rise + list(0.3 * np.exp(-np.arange(n - 8) / 20) + 0.1 + 0.01 * rng.normal(size=n - 8))
-    assert _feed(DivergenceWatch(LADDER, 5), healthy, healthy, flow) == []
-    # diverging: level 1 settles, then climbs 8 % per log point from point 30 while the flow still falls
-    diverging = list(healthy[:30]) + [healthy[29] * 1.08**i for i in range(1, n - 29)]
-    fired = _feed(DivergenceWatch(LADDER, 5), healthy, diverging, flow)
-    assert fired == [("sc_level_1", 50 * 35)]  # named once, at the fifth rise
-    # the same climb while the flow loss rises too is no divergence of the chain
-    rising_flow = flow[:30] + [flow[29] * 1.01**i for i in range(1, n - 29)]
-    assert _feed(DivergenceWatch(LADDER, 5), healthy, diverging, rising_flow) == []
-    assert _feed(DivergenceWatch(LADDER, 0), healthy, diverging, flow) == []  # train.divergence_points = 0: off
-    # noisy small rises (under DIVERGENCE_MIN_RISE in all) are log-point noise
-    wobble = list(healthy[:30]) + [healthy[29] * 1.01**i for i in range(1, n - 29)]
-    assert _feed(DivergenceWatch(LADDER, 5), healthy, wobble, flow) == []
+    t2 = _settling(n, rng)
+    fits, misfits = 0.007 * t2, 0.015 * t2
+    assert _feed(FailureRule(LADDER, 5, ceiling=0.0105), fits, t2, misfits, t2) is None  # d = 1/2 above it: not read
+    rule = FailureRule(LADDER, 5, ceiling=0.0105)
+    g, step = _feed(rule, misfits, t2, fits, t2)
+    assert g == "sc_level_0" and step == 50 * (rule_armed_index(t2) + 2) and "above the ceiling 0.0105" in rule.message()
+    # while the targets still grow the ratio is not read at all: no ceiling, no growth
+    growing = np.geomspace(0.005, 50.0, n)
+    assert _feed(FailureRule(LADDER, 5, ceiling=0.0105), 0.5 * growing, growing, fits, t2) is None
+
+
+def rule_armed_index(t2) -> int:
+    """The index of the log point the rule arms at (three 5-point windows within 10 % of each other)."""
+    for i in range(14, len(t2)):
+        w = [t2[i - 14:i - 9].sum(), t2[i - 9:i - 4].sum(), t2[i - 4:i + 1].sum()]
+        if all(abs(b / a - 1) <= 0.1 for a, b in zip(w, w[1:])):
+            return i
+    raise AssertionError("never settles")
 
 
 class _DivergingStub(Method):
-    """Half the rows 'level' (d = 1), half 'flow' (d = 0), targets v plus fresh noise whose size the
-    step sets: the flow loss falls all along; the level's rises, falls (arming the watch), then climbs."""
+    """Half the rows 'level' (d = 1), half 'flow' (d = 0). The level's target keeps one scale all along,
+    A (c x_t + sqrt(1 - c^2) noise): c = 1 (learnable from the input) until step 300, then falls to 0 by
+    step 500 (fresh noise the network cannot fit), so the share of the target it leaves unexplained grows
+    twentyfold against a settled scale: a divergence the rule must name."""
 
     name = "diverging_stub"
 
@@ -227,18 +270,23 @@ class _DivergingStub(Method):
         t = torch.rand(B, generator=generator)
         x_t = interpolate(batch.x0, batch.x1, t)
         noise = torch.randn(batch.x1.shape, generator=generator)
-        flow_size = 2.0 * (1 - step / self.train_steps)
-        level_size = 3.0 if step < 100 else 0.3 if step < 200 else 0.3 + 0.01 * (step - 200)
+        c = min(1.0, max(0.0, 1 - (step - 300) / 200))
         lvl = torch.arange(B) < B // 2
-        size = torch.where(lvl, level_size, flow_size).reshape(-1, 1)
-        return Targets(x_t=x_t, t=t, d=lvl.float(), y=batch.y, target=batch.x1 - batch.x0 + size * noise,
+        level_target = c * x_t + (1 - c * c) ** 0.5 * noise
+        target = torch.where(lvl.reshape(-1, 1), level_target, batch.x1 - batch.x0)
+        return Targets(x_t=x_t, t=t, d=lvl.float(), y=batch.y, target=target,
                        info={"row_group/level": lvl, "row_group/flow": ~lvl})
 
     def loss_ladder(self):
-        return LossLadder(("level", "flow"), ("level d = 1", "flow"), "flow", "stub")
+        return LossLadder(("level", "flow"), ("d = 1", "flow"), "flow", "stub")
 
     def sample_step(self, model, x, t, num_sampling_steps, y, generator):
         return x + model(x, torch.full((len(x),), t), torch.zeros(len(x)), y) / num_sampling_steps
+
+
+def _stub_cfg(*extra):
+    return resolve(_DivergingStub.name, "smoke", ["train.steps=700", "train.log_every=10", "train.checkpoint_every=100",
+                                                  "model.hidden=32", "M=2", "eval.num_samples=200", "eval.batch_size=200", *extra])
 
 
 def test_a_diverging_method_stub_warns_once_tags_the_run_and_keeps_training(monkeypatch):
@@ -247,21 +295,38 @@ def test_a_diverging_method_stub_warns_once_tags_the_run_and_keeps_training(monk
     from methods import METHODS
 
     monkeypatch.setitem(METHODS, _DivergingStub.name, _DivergingStub)
-    cfg = resolve(_DivergingStub.name, "smoke", ["train.steps=600", "train.log_every=20", "train.checkpoint_every=600",
-                                                 "model.hidden=16", "M=2", "eval.num_samples=200", "eval.batch_size=200"])
     lines = []
-    out = bench_run.execute(cfg, "stub", progress=False, echo=lines.append)
+    out = bench_run.execute(_stub_cfg(), "stub", progress=False, echo=lines.append)
     warnings = [s for s in lines if s.startswith("warning: level")]
-    assert len(warnings) == 1 and "level d = 1" in warnings[0] and "\n" not in warnings[0]
+    assert len(warnings) == 1 and "level d = 1 failing at step" in warnings[0] and "\n" not in warnings[0]
+    step = int(warnings[0].split("failing at step ")[1].split(":")[0])
+    assert 300 < step <= 500  # after the targets stop being learnable, before they are pure noise
     run = client().get_run(out.run_id)
-    assert run.data.tags["train.diverging_levels"].startswith("level d = 1 @ ")
+    assert run.data.tags["train.failing_level"].startswith("level d = 1 failing at step ")
     assert run.info.status == "FINISHED"
-    assert max(m.step for m in client().get_metric_history(out.run_id, "train/loss")) == 600
+    assert max(m.step for m in client().get_metric_history(out.run_id, "train/loss")) == 700
     arts = [a.path for a in client().list_artifacts(out.run_id, "plots")]
     assert "plots/loss_levels.png" in arts
     assert out.results[1]["paired_to_M"] > 0 and out.results[2]["paired_to_M"] == 0.0
     for key in ("fid", "paired_to_M"):  # logged n = M first: every n reaches the store all the same
         assert sorted(m.step for m in client().get_metric_history(out.run_id, key)) == [1, 2], key
+
+
+def test_failure_rule_stop_ends_the_run_failed_with_its_step_and_reason(monkeypatch):
+    from bench.errors import TrainingFailed
+    from bench.train import run as bench_run
+    from bench.store.tracking import client
+    from methods import METHODS
+
+    monkeypatch.setitem(METHODS, _DivergingStub.name, _DivergingStub)
+    with pytest.raises(TrainingFailed) as e:
+        bench_run.execute(_stub_cfg("train.failure_rule=stop"), "stub-stop", progress=False, echo=lambda *_: None)
+    assert e.value.reason == "failure_rule" and 300 < e.value.step <= 500 and "level d = 1 failing" in str(e.value)
+    c = client()
+    (run,) = c.search_runs([c.get_experiment_by_name("stub-stop").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["failure.reason"] == "failure_rule"
+    assert run.data.tags["failure.step"] == str(e.value.step)
+    assert max(m.step for m in c.get_metric_history(run.info.run_id, "train/loss")) == e.value.step  # stopped there
 
 
 def test_the_harness_outside_methods_never_names_a_level():

@@ -1,5 +1,5 @@
-"""A method's loss ladder while it trains (Method.loss_ladder): the warning when a level's loss keeps
-rising while the loss it bootstraps from falls, and the heat maps a run keeps as artifacts. Method-agnostic:
+"""A method's loss ladder while it trains (Method.loss_ladder): the failure rule (a level whose loss, read
+against its target's scale, diverges or stays above the profile's ceiling), and the heat maps a run keeps as artifacts. Method-agnostic:
 the ladder names row groups (`train/loss_<group>` metrics) and their labels; nothing here knows a method."""
 
 from __future__ import annotations
@@ -9,70 +9,82 @@ from pathlib import Path
 
 from methods.base import LossLadder
 
-# A level is watched once its loss has come down from its peak by DIVERGENCE_ARM (relative): at the start
-# its bootstrap targets grow from the freshly initialised, near-zero EMA, and every level's loss rises
-# while the flow loss falls, healthily. It is then named when its loss rose at each of the last `points`
-# log points, by DIVERGENCE_MIN_RISE over them in all (a run of small rises is log-point noise).
-DIVERGENCE_ARM = 0.1
-DIVERGENCE_MIN_RISE = 0.2
+# The failure rule reads each level's loss against its target's second moment (train/target2_<group>): the
+# share of the target's energy the level leaves unexplained, r. Raw level losses rise in every healthy run
+# while the targets grow from the freshly initialised EMA (the warning this rule replaces fired on 4 of 4
+# digits runs for that reason); r does not need that excuse, but it is read only once the level's target
+# scale has settled: its mean over each of the last three windows of `points` log points within
+# FAILURE_SETTLE (relative) of the window before (one stable pair is not enough: on smoke the targets sit
+# near zero for a while before they grow tenfold). Then a level fails when, over the last `points` log points,
+#   - r rose to `growth` x its lowest value since the level was armed (a divergence: any data), or
+#   - the top level's (d = 1: the one a 1-step sample uses) r stayed above `ceiling` (a level that does not
+#     fit its target; the scale of r is a property of the data and the model, so a profile sets it from
+#     its own healthy and failing runs; 0 = no ceiling).
+FAILURE_SETTLE = 0.1
+FAILURE_GROWTH = 4.0
 
 
-class DivergenceWatch:
-    """Feeds on the logged train/* means; names a level once when its loss rose at each of the last
-    `points` log points, by DIVERGENCE_MIN_RISE in all, while the base group's loss is lower than at
-    the start of that stretch (the bootstrap chain diverging: the level moves away from targets the
-    flow still improves), after the level's loss has come down from its peak by DIVERGENCE_ARM."""
+class FailureRule:
+    """Feeds on the logged train/* means (train/loss_<group> and train/target2_<group>); names the first
+    level that fails (see above) and the step. `points`: log points per window (0: off)."""
 
-    def __init__(self, ladder: LossLadder, points: int, arm: float = DIVERGENCE_ARM, min_rise: float = DIVERGENCE_MIN_RISE):
-        self.ladder, self.points, self.arm, self.min_rise = ladder, points, arm, min_rise
-        self.history: dict[str, list[float]] = {g: [] for g in ladder.groups}
-        self.peak: dict[str, float] = {}
-        self.armed: set[str] = set()
-        self.fired: dict[str, int] = {}  # group -> the step it was named at
+    def __init__(self, ladder: LossLadder, points: int = 5, *, growth: float = FAILURE_GROWTH, ceiling: float = 0.0,
+                 settle: float = FAILURE_SETTLE):
+        self.ladder, self.points, self.growth, self.ceiling, self.settle = ladder, points, growth, ceiling, settle
+        self.levels = [g for g in ladder.groups if g != ladder.base]
+        self.loss: dict[str, list[float]] = {g: [] for g in self.levels}
+        self.target2: dict[str, list[float]] = {g: [] for g in self.levels}
+        self.armed: dict[str, int] = {}  # group -> step it was armed at
+        self.low: dict[str, float] = {}  # group -> the lowest windowed r since armed
+        self.fired: tuple[str, int, str] | None = None  # (group, step, why)
 
     def label(self, group: str) -> str:
         return self.ladder.labels[self.ladder.groups.index(group)]
 
-    def update(self, metrics: dict[str, float], step: int) -> list[str]:
-        """The groups that start diverging at this log point (each named once per run)."""
-        if self.points <= 0:
-            return []
-        base = metrics.get(f"train/loss_{self.ladder.base}")
-        if base is None or not math.isfinite(base):
-            return []
-        self.history[self.ladder.base].append(base)
-        new = []
-        for g in self.ladder.groups:
-            if g == self.ladder.base:
-                continue
-            v = metrics.get(f"train/loss_{g}")
-            if v is None or not math.isfinite(v):
-                continue  # a group without rows in the interval: its stretch pauses, it does not restart
-            h = self.history[g]
-            h.append(v)
-            self.peak[g] = max(self.peak.get(g, v), v)
-            if v < (1 - self.arm) * self.peak[g]:
-                self.armed.add(g)
-            if g in self.fired or g not in self.armed or len(h) <= self.points:
-                continue
-            window = h[-self.points - 1:]
-            base_window = self.history[self.ladder.base][-self.points - 1:]
-            rising = all(b > a for a, b in zip(window, window[1:])) and window[-1] >= (1 + self.min_rise) * window[0]
-            if rising and base_window[-1] < base_window[0]:
-                self.fired[g] = step
-                new.append(g)
-        return new
+    def ratio(self, group: str) -> float:
+        """r over the last `points` log points: summed loss / summed target second moment."""
+        lo, t2 = self.loss[group][-self.points:], self.target2[group][-self.points:]
+        return sum(lo) / sum(t2) if sum(t2) > 0 else math.nan
 
-    def message(self, group: str, step: int) -> str:
-        h = self.history[group][-self.points - 1:]
-        b = self.history[self.ladder.base][-self.points - 1:]
-        return (f"warning: level {self.label(group)} diverging at step {step}: its loss rose at each of the last "
-                f"{self.points} log points ({h[0]:.4g} -> {h[-1]:.4g}) while the {self.label(self.ladder.base)} loss "
-                f"fell ({b[0]:.4g} -> {b[-1]:.4g}); training continues (run tag train.diverging_levels)")
+    def update(self, metrics: dict[str, float], step: int) -> str | None:
+        """The level that fails at this log point (once per run), else None."""
+        if self.points <= 0 or self.fired is not None:
+            return None
+        P = self.points
+        for g in self.levels:
+            lo, t2 = metrics.get(f"train/loss_{g}"), metrics.get(f"train/target2_{g}")
+            if lo is None or t2 is None or not (math.isfinite(lo) and math.isfinite(t2)):
+                continue  # a group without rows in the interval: its window pauses
+            self.loss[g].append(lo)
+            self.target2[g].append(t2)
+            h = self.target2[g]
+            if g not in self.armed:  # three windows in a row, each within `settle` of the one before
+                if len(h) >= 3 * P:
+                    w = [sum(h[-(i + 1) * P:len(h) - i * P]) for i in (2, 1, 0)]
+                    if w[0] > 0 and all(abs(b / a - 1) <= self.settle for a, b in zip(w, w[1:])):
+                        self.armed[g] = step
+                continue
+            r = self.ratio(g)
+            if not math.isfinite(r):
+                continue
+            low = self.low.get(g)
+            self.low[g] = r if low is None else min(low, r)
+            if self.ceiling > 0 and g == self.levels[0] and r > self.ceiling:
+                why = f"its loss / target second moment over the last {P} log points is {r:.3g}, above the ceiling {self.ceiling:g}"
+            elif low is not None and r >= self.growth * self.low[g]:
+                why = f"its loss / target second moment rose to {r:.3g}, {r / self.low[g]:.1f}x its lowest {self.low[g]:.3g} since step {self.armed[g]}"
+            else:
+                continue
+            self.fired = (g, step, why)
+            return g
+        return None
 
-    def tag(self) -> str:
-        """`d = 1 @ 900, d = 1/2 @ 1200`: the named levels and the step each was named at."""
-        return ", ".join(f"{self.label(g)} @ {s}" for g, s in sorted(self.fired.items(), key=lambda kv: kv[1]))
+    def message(self) -> str:
+        g, step, why = self.fired
+        return f"level {self.label(g)} failing at step {step}: {why}"
+
+    def reason(self) -> str:
+        return self.message() if self.fired else ""
 
 
 def plot_level_maps(ladder: LossLadder, history: dict[str, list[tuple[int, float]]],

@@ -259,20 +259,23 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
             on_metrics(step, out)
 
     ladder = p.method.loss_ladder()
-    watch = None
+    rule = None
     if main and ladder is not None and cfg.train.divergence_points > 0:
-        from bench.evaluation.levels import DivergenceWatch
+        from bench.evaluation.levels import FailureRule
 
-        watch = DivergenceWatch(ladder, cfg.train.divergence_points)
+        tc = cfg.train
+        rule = FailureRule(ladder, tc.divergence_points, growth=tc.failure_growth, ceiling=tc.failure_ceiling)
 
     def log(metrics: dict[str, float], step: int) -> None:
         tracker.log_metrics(metrics, step)
         if on_metrics is not None:
             on_metrics(step, metrics)
-        if watch is not None:
-            for group in watch.update(metrics, step):
-                echo(watch.message(group, step))
-                tracker.set_tag("train.diverging_levels", watch.tag())
+        if rule is not None and rule.update(metrics, step):
+            tracker.set_tag("train.failing_level", rule.message())
+            if cfg.train.failure_rule == "stop":
+                raise TrainingFailed(f"The failure rule stopped training: {rule.message()} (train.failure_rule = stop; "
+                                     f"the last checkpoint is kept).", step=step, reason="failure_rule")
+            echo(f"warning: {rule.message()}; training continues (train.failure_rule = warn; run tag train.failing_level)")
 
     with span("setup"):  # the optimiser's first use imports much of torch
         trainer = Trainer(cfg, p.method, p.model, p.data, p.device, checkpoint_path=ckpt_path if main else None,
