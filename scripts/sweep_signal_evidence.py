@@ -108,8 +108,12 @@ def replay_rule(run: LoggedRun, **kw):
     from bench.evaluation.levels import FailureRule
     from methods.shortcut import Shortcut, ShortcutOptions
 
+    from bench.config import resolve
+
     ladder = Shortcut(ShortcutOptions(M=int(run.params["method.M"])), num_classes=0).loss_ladder()
-    rule = FailureRule(ladder, **kw)
+    tc = resolve("shortcut", run.params["profile"], []).train  # the rule as the profile sets it today
+    kw = {"growth": tc.failure_growth, "ceiling": tc.failure_ceiling, **kw}
+    rule = FailureRule(ladder, tc.divergence_points, **kw)
     steps = sorted({s for k, v in run.series.items() if k.startswith("train/") for s, _ in v})
     by_key = {k: dict(v) for k, v in run.series.items() if k.startswith("train/")}
     for s in steps:
