@@ -286,9 +286,11 @@ def check_tune(t: TuneSettings, base, method: str) -> None:
     name = t.metric
     if "_n" in name and not name.startswith("train/"):
         n = int(name.rsplit("_n", 1)[1])
-        if n not in base.sampling_steps():
+        # evaluations during training may have their own n list (Config.during_steps, where the config has one)
+        ns = base.during_steps() if name.startswith("during/") and hasattr(base, "during_steps") else base.sampling_steps()
+        if n not in ns:
             raise BenchError(f"tune.metric {name} asks for n = {n}, which the runs do not evaluate "
-                             f"(n in {', '.join(map(str, base.sampling_steps()))}).")
+                             f"(n in {', '.join(map(str, ns))}).")
     if name.startswith("during/") and base.train.eval_every <= 0:
         raise BenchError(f"tune.metric {name} is logged by evaluations during training; set train.eval_every > 0.")
     if t.max_t is not None and t.max_t < base.train.steps:
