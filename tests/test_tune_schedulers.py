@@ -65,6 +65,7 @@ def test_shipped_asha_and_optuna_files():
     assert opt.starts == [{"method.k": 0.25}]  # the paper's k goes first
     from ray.tune.search.optuna import OptunaSearch
 
+    assert opt.hash() == build_plan("shortcut", "digits", [], ["k_optuna"]).hash()  # --resume finds its parent
     limited = tune_config(opt).search_alg  # max_concurrent = 1: Tune's ConcurrencyLimiter around the searcher
     assert limited.max_concurrent == 1 and isinstance(limited.searcher, OptunaSearch)
 

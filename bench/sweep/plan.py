@@ -90,7 +90,7 @@ class Plan:
                "trials": [[t.key, [p.cfg for p in t.points]] for t in self.trials]}
         if self.tune.given:  # files from before [tune] keep their hash (--resume finds their parent)
             doc["tune"] = {k: v for k, v in vars(self.tune).items()}
-            doc["space"] = {k: repr(v) for k, v in self.space.items()}
+            doc["keys"] = [[k.key, k.kind, k.spec, k.time] for f in self.sweeps for k in f.keys]  # what Optuna draws from
         return _hash(doc, 16)
 
 
