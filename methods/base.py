@@ -142,6 +142,12 @@ class Method:
         """Whether option `name` is read only when sampling, under these resolved options (sweeps ask)."""
         return name in cls.sampling_time_options
 
+    @classmethod
+    def trains_on_M(cls, options: MethodOptions) -> bool:
+        """Whether training reads M (time grid, step levels, stages) under these options; when it does not, M
+        only sets the evaluated n = 1, 2, ..., M and a sweep over M is refused (it would retrain one model)."""
+        return True
+
     def __init__(self, opts: MethodOptions, num_classes: int, teacher: nn.Module | None = None, train_steps: int = 0):
         self.opts = opts
         self.num_classes = num_classes

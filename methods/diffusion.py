@@ -63,6 +63,10 @@ class Diffusion(Method):
     Options = DiffusionOptions
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
 
+    @classmethod
+    def trains_on_M(cls, options) -> bool:
+        return options.parameterization == "v" and options.time_sampling == "grid"  # eps draws k ~ U{1..T}
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.opts

@@ -28,6 +28,10 @@ class FlowMatching(Method):
     Options = FlowMatchingOptions
     sampling_time_options = frozenset({"cfg_scale"})  # targets ignore it; CFG is applied when sampling
 
+    @classmethod
+    def trains_on_M(cls, options) -> bool:
+        return options.time_sampling == "grid"  # t on the grid {0, 1/M, ...}; uniform t never reads M
+
     def targets(self, model, ema, batch: Batch, step, generator) -> Targets:
         B, dev = batch.x1.shape[0], batch.x1.device
         if self.opts.time_sampling == "grid":

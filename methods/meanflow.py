@@ -106,6 +106,10 @@ class MeanFlow(Method):
     sampling_time_options = frozenset({"cfg_scale"})  # targets are unguided; CFG is applied when sampling
     Options = MeanFlowOptions
 
+    @classmethod
+    def trains_on_M(cls, options) -> bool:
+        return False  # times are drawn continuously; M only bands the loss diagnostics (loss_ladder) and the evaluated n
+
     def num_mean_rows(self, batch_size: int) -> int:
         return int(round(batch_size * self.opts.mean_fraction))
 

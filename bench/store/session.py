@@ -105,7 +105,8 @@ class RunSession:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self.status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            # Ctrl-C, or SystemExit: a sweep's scheduler (ASHA) stopping a trial (Tune exits its thread at tune.report)
+            self.status = "KILLED" if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else "FAILED"
         try:
             if self._before_end is not None:
                 self._before_end()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import math
 import os
-import random
+import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,94 @@ class SweepFile:
     samples: int
     seed: int
     resources: dict[str, float]
+    tune: TuneSettings = field(default_factory=lambda: TuneSettings())
+
+
+SCHEDULERS = ("fifo", "asha")
+SEARCHES = ("grid", "random", "optuna")
+ASHA_OPTIONS = ("grace_period", "reduction_factor", "max_t")
+TUNE_ENTRIES = ("metric", "mode", "scheduler", "search", "num_samples", "seeds", "max_concurrent",
+                "points_to_evaluate") + ASHA_OPTIONS
+# what a run logs: train/<loss part>, during/<metric>_n<n> (evaluations during training), <metric>_n<n> (final)
+METRIC = re.compile(r"^(train/[a-z0-9_]+|during/[a-z0-9_]+_n[0-9]+|[a-z0-9_]+_n[0-9]+)$")
+
+
+@dataclass
+class TuneSettings:
+    """The sweep file's [tune] table, with Ray Tune's own names (tune.TuneConfig, ASHAScheduler, OptunaSearch)."""
+
+    metric: str | None = None  # a name the run logs: train/loss, during/fid_n1, fid_n1 (final)
+    mode: str | None = None  # min | max
+    scheduler: str = "fifo"  # fifo | asha
+    search: str = "grid"  # grid | random | optuna
+    num_samples: int | None = None  # random / optuna: configurations drawn (random: per grid combination)
+    seeds: list[int] = field(default_factory=list)  # each configuration once per seed
+    max_concurrent: int | None = None  # trials at once (default: as many as the resources allow)
+    points_to_evaluate: list[dict] = field(default_factory=list)  # optuna: known good starting points
+    grace_period: int | None = None  # asha, in training steps: no trial is cut before it
+    reduction_factor: float | None = None  # asha: keep the best 1/reduction_factor at each rung
+    max_t: int | None = None  # asha, in training steps (default: train.steps)
+    given: bool = False  # the file has a [tune] table
+
+
+def _tune_settings(doc: Any, where: str) -> TuneSettings:
+    """[tune]: every entry checked here, one sentence per mistake."""
+    if doc is None:
+        return TuneSettings()
+    if not isinstance(doc, dict):
+        raise BenchError(f"{where}: [tune] must be a table.")
+    unknown = sorted(set(doc) - set(TUNE_ENTRIES))
+    if unknown:
+        raise BenchError(f"{where}: [tune] has unknown entries {', '.join(unknown)}; it takes {', '.join(TUNE_ENTRIES)}.")
+    t = TuneSettings(given=True)
+    metric, mode = doc.get("metric"), doc.get("mode")
+    if metric is not None and not (isinstance(metric, str) and METRIC.match(metric)):
+        raise BenchError(f"{where}: tune.metric must name what a run logs (train/loss, train/loss_<part>, "
+                         f"during/fid_n<n>, fid_n<n>), got {metric!r}.")
+    if mode is not None and mode not in ("min", "max"):
+        raise BenchError(f"{where}: tune.mode must be \"min\" or \"max\", got {mode!r}.")
+    if (metric is None) != (mode is None):
+        raise BenchError(f"{where}: tune.metric and tune.mode go together; give both or neither.")
+    t.metric, t.mode = metric, mode
+    for name, allowed in (("scheduler", SCHEDULERS), ("search", SEARCHES)):
+        v = doc.get(name, allowed[0])
+        if v not in allowed:
+            raise BenchError(f"{where}: tune.{name} must be one of {', '.join(allowed)}, got {v!r}.")
+        setattr(t, name, v)
+    if (t.scheduler != "fifo" or t.search == "optuna") and metric is None:
+        raise BenchError(f"{where}: tune.scheduler = {t.scheduler!r} with tune.search = {t.search!r} decides by a metric; "
+                         f"add metric = \"...\" and mode = \"min\" or \"max\" to [tune].")
+    for name in ("num_samples", "max_concurrent", "grace_period", "max_t"):
+        v = doc.get(name)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise BenchError(f"{where}: tune.{name} must be an integer >= 1, got {v!r}.")
+        setattr(t, name, v)
+    rf = doc.get("reduction_factor")
+    if rf is not None and not (_number(rf) and rf > 1):
+        raise BenchError(f"{where}: tune.reduction_factor must be a number > 1, got {rf!r}.")
+    t.reduction_factor = rf
+    given_asha = [k for k in ASHA_OPTIONS if k in doc]
+    if given_asha and t.scheduler != "asha":
+        raise BenchError(f"{where}: tune.{given_asha[0]} is an ASHA setting; add scheduler = \"asha\" or drop it.")
+    if t.grace_period and t.max_t and t.grace_period > t.max_t:
+        raise BenchError(f"{where}: tune.grace_period ({t.grace_period}) must not exceed tune.max_t ({t.max_t}).")
+    if t.num_samples is not None and t.search == "grid":
+        raise BenchError(f"{where}: tune.num_samples draws configurations; it needs search = \"random\" or \"optuna\".")
+    seeds = doc.get("seeds", [])
+    if not (isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise BenchError(f"{where}: tune.seeds must be a list of distinct integers, got {seeds!r}.")
+    t.seeds = list(seeds)
+    points = doc.get("points_to_evaluate", [])
+    if not (isinstance(points, list) and all(isinstance(p, dict) and p for p in points)):
+        raise BenchError(f"{where}: tune.points_to_evaluate must be a list of tables of swept keys and values.")
+    if points and t.search != "optuna":
+        raise BenchError(f"{where}: tune.points_to_evaluate are starting points of search = \"optuna\".")
+    t.points_to_evaluate = points
+    if t.seeds and t.search == "optuna":
+        raise BenchError(f"{where}: tune.seeds with search = \"optuna\" is not supported (Optuna proposes one "
+                         f"configuration per trial); repeat its best configurations in a grid sweep with seeds.")
+    return t
 
 
 def sweep_names() -> list[str]:
@@ -72,9 +159,9 @@ def load_sweep(name_or_path: str) -> SweepFile:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BenchError(f"{where} is not valid TOML: {e}.") from None
-    unknown = sorted(set(doc) - {"description", "samples", "seed", "keys", "resources"})
+    unknown = sorted(set(doc) - {"description", "samples", "seed", "keys", "resources", "tune"})
     if unknown:
-        raise BenchError(f"{where} has unknown entries {', '.join(unknown)}; it takes description, samples, seed, [keys.\"section.key\"] and [resources].")
+        raise BenchError(f"{where} has unknown entries {', '.join(unknown)}; it takes description, samples, seed, [keys.\"section.key\"], [resources] and [tune].")
     table = doc.get("keys")
     if not isinstance(table, dict) or not table:
         raise BenchError(f"{where} sweeps no keys; add a [keys.\"section.key\"] table with grid = [...] and time = \"training\" or \"sampling\".")
@@ -110,26 +197,51 @@ def load_sweep(name_or_path: str) -> SweepFile:
         raise BenchError(f"{where}: resources.cpus must be a number > 0, got {res['cpus']!r}.")
     if "gpus" in res and not (_number(res["gpus"]) and res["gpus"] >= 0):
         raise BenchError(f"{where}: resources.gpus must be a number >= 0, got {res['gpus']!r}.")
+    tune = _tune_settings(doc.get("tune"), where)
+    if tune.given and "samples" in doc:
+        raise BenchError(f"{where}: samples and [tune] both count draws; use tune.num_samples.")
+    if tune.num_samples is not None:
+        samples = tune.num_samples
+    rand = [k.key for k in keys if k.kind in RANGES + ("choice",)]
+    if tune.search == "grid" and rand and tune.given:
+        raise BenchError(f"{where}: keys {', '.join(rand)} are drawn at random; set tune.search = \"random\" or \"optuna\".")
+    if not tune.given and rand:
+        tune.search = "random"  # files from before [tune]: random keys were always drawn
+    if tune.seeds:
+        if any(k.key == "seed" for k in keys):
+            raise BenchError(f"{where}: tune.seeds and keys.seed both sweep the seed; keep one.")
+        keys.append(SweepKey("seed", "grid", list(tune.seeds), "training"))
     return SweepFile(path.stem, path, text, str(doc.get("description", "")), keys, samples, seed,
-                     {k: float(v) for k, v in res.items()})
+                     {k: float(v) for k, v in res.items()}, tune)
 
 
-def _draw(k: SweepKey, rng: random.Random) -> Any:
-    lo, hi = k.spec[0], k.spec[-1]
+def domain(k: SweepKey):
+    """The key as a Ray Tune search space entry (tune.grid_search, tune.choice, tune.uniform, ...)."""
+    from ray import tune
+
+    if k.kind == "grid":
+        return tune.grid_search(list(k.spec))
     if k.kind == "choice":
-        return rng.choice(k.spec)
-    if k.kind == "uniform":
-        return rng.uniform(lo, hi)
-    if k.kind == "loguniform":
-        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    return rng.randrange(lo, hi)  # randint: lo <= v < hi
+        return tune.choice(list(k.spec))
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[k.kind](*k.spec)  # randint: lo <= v < hi
+
+
+def _draw(k: SweepKey, rng) -> Any:
+    """One draw of Tune's own sampler for this key. Random search draws here, when the plan is made, and
+    not in Tune's BasicVariantGenerator at run time: a random search does not adapt, so the draws are the
+    same, and drawn first every configuration is resolved and checked before anything is written,
+    hashed for --resume and seeded (sweep file `seed`)."""
+    v = domain(k).sample(random_state=rng)
+    return v.item() if hasattr(v, "item") else v
 
 
 def draw_values(sweep: SweepFile, times: dict[str, str], canon: dict[str, str]) -> tuple[list[dict], dict[str, list]]:
     """(training combinations, sampling values): grid keys crossed with `samples` draws of the
     random training keys (one draw when there are none); sampling-time keys keep every listed
     value, random ones are drawn `samples` times. Keys are canonical (canon: file key -> config key)."""
-    rng = random.Random(sweep.seed)
+    import numpy as np
+
+    rng = np.random.default_rng(sweep.seed)
     train = [k for k in sweep.keys if times[canon[k.key]] == "training"]
     grid = [k for k in train if k.kind == "grid"]
     rand = [k for k in train if k.kind != "grid"]

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _save_runs(runs: dict[str, str], metrics: dict[str, Any]) -> None:
     """Report to Tune with a checkpoint that holds the trial's MLflow run ids (point key -> run id)."""
     from ray import tune
@@ -48,19 +47,43 @@ def _summary(lbl: str, results: dict[int, dict[str, float]]) -> str:
     return f"{lbl}: fid {fids}" if fids else f"{lbl}: no metrics"
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """A Ray Tune function trainable: one training configuration, every sampling-time point."""
+def _finite_numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def run_trial(config: dict[str, Any], template: dict[str, Any] | None = None) -> None:
+    """A Ray Tune function trainable: one training configuration, every sampling-time point.
+
+    It reports each training log point (and each evaluation during training) to Tune as {metrics, "step"},
+    so a scheduler (ASHA) can stop it; a checkpoint (the run ids) only when a run is created and at the end.
+    The last report carries the final metrics as <metric>_n<n> (the training point's) and "outcome":
+    finished, or failed when training stopped on its own evidence (TrainingFailed: the trial returns, the sweep
+    goes on). A trial the scheduler stops never sends one; the driver marks its run (sweep.tune.mark_stopped).
+    template: search = "optuna", where Tune drew config["values"] and the trial resolves them here."""
     os.environ.update(config["env"])  # absolute store, tracking URI (trials run in their own cwd, maybe elsewhere)
     import ray
     from ray import tune
 
     from bench.files import checkpoint as ckpt
     from bench.config import Config
+    from bench.errors import TrainingFailed
     from bench.train.run import evaluate_checkpoint, execute
     from bench.store.session import checkpoint_dir
     from bench.store.tracking import RunStore
 
-    trial, experiment, parent = config["trial"], config["experiment"], config["parent_run_id"]
+    if "trial" in config:
+        trial = config["trial"]
+    else:
+        from bench.sweep.plan import make_trial
+
+        trial = make_trial(template["resolve"], -1, config["values"], template["sampling"]).payload()
+    experiment, parent = config["experiment"], config["parent_run_id"]
     store = RunStore()
     runs: dict[str, str] = {}
     ck = tune.get_checkpoint()
@@ -71,8 +94,19 @@ def run_trial(config: dict[str, Any]) -> None:
     for pk, r in stored.items():  # a run created after the driver's last look at this trial's checkpoint
         runs.setdefault(pk, r.run_id)
     node = ray.get_runtime_context().get_node_id()
+    ident = {"trial_key": trial["key"], "trial_label": trial["label"]}
+    last: dict[str, float] = {}  # the latest value of every metric reported
 
-    lines, train_run = [], None
+    steps = Config.from_dict(trial["points"][0]["cfg"]).train.steps
+
+    def on_metrics(step: int, metrics: dict[str, Any]) -> None:
+        values = _finite_numbers(metrics)
+        last.update(values)
+        last["step"] = step
+        if step < steps:  # the last step goes with the final report: ASHA stops at max_t, before the final evaluation
+            tune.report({**values, "step": step, **ident})  # when the scheduler has stopped this trial: SystemExit
+
+    lines, train_run, first_results = [], None, {}
     for i, point in enumerate(trial["points"]):
         cfg = Config.from_dict(point["cfg"])
         rid = runs.get(point["key"])
@@ -83,32 +117,45 @@ def run_trial(config: dict[str, Any]) -> None:
             tags = {"sweep.role": "trial", "sweep.name": config["sweep_name"], "sweep.keys": config["sweep_keys"],
                     "sweep.trial": trial["key"], "sweep.point": point["key"], "sweep.attempts": "1"}
             if run is not None:  # continue this point's own run
-                last = checkpoint_dir(rid) / "last.pt"
-                step = int(ckpt.load(last, mmap=True)["step"]) if (i == 0 and last.is_file()) else 0
+                last_pt = checkpoint_dir(rid) / "last.pt"
+                step = int(ckpt.load(last_pt, mmap=True)["step"]) if (i == 0 and last_pt.is_file()) else 0
                 attempts = int(run.tags.get("sweep.attempts", "1")) + 1
                 store.mark(rid, tags={"sweep.attempts": str(attempts), "sweep.resumed_at_step": str(step)})
 
             def on_run(run_id: str, pk: str = point["key"]) -> None:
                 runs[pk] = run_id
                 store.mark(run_id, tags={"sweep.node": node})
-                _save_runs(runs, {"phase": f"point {pk}", "done": False})
+                _save_runs(runs, {"phase": f"point {pk}", "done": False, **ident})
 
             common = dict(resume_run_id=rid, parent_run_id=parent, run_name=f"{cfg.method_name} {point['label']}",
                           progress=False, echo=lambda *a, **k: None, on_run=on_run)
             if i == 0:
-                out = execute(cfg, experiment, extra_tags=tags, **common)
+                try:
+                    out = execute(cfg, experiment, extra_tags=tags, on_metrics=on_metrics, **common)
+                except TrainingFailed as e:  # a result, not an error: recorded, and the sweep goes on
+                    if point["key"] in runs:
+                        store.mark(runs[point["key"]], tags={"sweep.outcome": "failed"})
+                    _save_runs(runs, {"outcome": "failed", "failed_at_step": e.step, "failure_reason": e.reason,
+                                      "summary": f"{trial['label']}: FAILED at step {e.step} ({e.reason})",
+                                      "done": True, **ident})
+                    return
             else:
                 final = checkpoint_dir(train_run) / "final.pt"
                 out = evaluate_checkpoint(cfg, final, experiment, extra_tags={**tags, "sweep.trained_in": train_run},
                                           extra_params={"sweep.trained_in": train_run}, **common)
             rid, results = out.run_id, out.results
+            store.mark(rid, tags={"sweep.outcome": "finished"})
         if i == 0:
-            train_run = rid
+            train_run, first_results = rid, results
         lines.append(_summary(point["label"], results))
-    _save_runs(runs, {"summary": "; ".join(lines), "done": True})
+    final_metrics = {f"{k}_n{n}": v for n, m in first_results.items() for k, v in m.items()}
+    _save_runs(runs, {**last, **_finite_numbers(final_metrics), "step": steps, "outcome": "finished",
+                      "summary": "; ".join(lines), "done": True, **ident})
 
 
 def trial_name(trial) -> str:
-    return f"trial_{trial.config['trial']['index']:03d}"
+    if "trial" in trial.config:  # a planned trial (grid, random)
+        return f"trial_{trial.config['trial']['index']:03d}"
+    return f"trial_{trial.trial_id}"  # drawn by the searcher at run time
 
 

@@ -6,26 +6,60 @@ model trained per value) or *sampling-time* (one trained model evaluated per val
 CFG scale is sampling-time, the shortcut's is baked into its bootstrap targets.
 
     description = "..."
-    samples = 1          # draws of the random keys (choice, uniform, loguniform, randint)
-    seed = 0             # seed of those draws
+    samples = 1          # files without [tune]: draws of the random keys (choice, uniform, loguniform, randint)
+    seed = 0             # seed of those draws (and of Optuna's sampler)
     [keys."method.k"]
     grid = ["1/8", "1/4", "1/2"]  # or choice = [...], uniform = [lo, hi], loguniform = [lo, hi], randint = [lo, hi)
     time = "training"             # or "sampling"
     [resources]          # optional, per trial; torch threads = the CPU share (at least 1)
     cpus = 1
     gpus = 0.5
+    [tune]               # optional; Ray Tune's own names. Without it: every configuration, FIFO, as before
+    metric = "during/fid_n1"  # what a run logs: train/loss, train/loss_<part>, during/<metric>_n<n>, <metric>_n<n> (final)
+    mode = "min"              # or "max"; metric and mode go together
+    scheduler = "asha"        # "fifo" (default) or "asha": stops trials that trail at each rung
+    grace_period = 500        # asha, in training steps (default: a tenth of train.steps); time attribute: "step"
+    reduction_factor = 3      # asha (default 4): the best 1/3 go on at each rung
+    max_t = 2500              # asha (default and least: train.steps; a trial evaluates only at its end)
+    search = "grid"           # "grid" (default), "random" (grid keys crossed with num_samples draws) or "optuna"
+    num_samples = 8           # random, optuna: configurations drawn
+    seeds = [0, 1, 2]         # every configuration once per seed (grid and random)
+    max_concurrent = 1        # trials at once (default: what the resources allow)
+    points_to_evaluate = [{ k = 0.25 }]  # optuna: known good configurations tried first (every drawn key)
 
-The driver draws every value (seeded), resolves and checks every configuration, connects to
-Ray, then creates the tracking store, the experiment and the sweep's parent run, and only then
-starts one Ray trial per training configuration. A trial trains its first point with
-`bench.train.run.execute` and evaluates that final checkpoint at its other sampling-time points with
-`bench.train.run.evaluate_checkpoint`; every point is a child run with the layout of a single run.
-The trial keeps its runs' ids in its Ray checkpoint (and tags them `sweep.trial`/`sweep.point`),
-so `--resume` continues each run where it stopped and does not rerun finished ones.
+Random keys are drawn with Tune's own samplers (tune.uniform, tune.loguniform, tune.choice, tune.randint),
+when the plan is made (bench.sweep.spec._draw says why); search = "optuna" hands them to Tune's
+OptunaSearch (TPE, seeded), which draws at run time (grid keys become tune.choice). Each trial reports every
+training log point (and evaluation during training) to Tune as {metric: value, "step": step}, so ASHA can
+stop it; its final report carries the final metrics as <metric>_n<n> and the last value of every other.
+
+Outcomes: a trial finishes (sweep.outcome = finished), fails on its own evidence (a non-finite loss or
+the failure rule: the run ends FAILED with failure.* tags, sweep.outcome = failed; the sweep goes on), or
+is stopped by the scheduler (KILLED, sweep.outcome = stopped, sweep.stopped_at_step). The sweep exits 0
+when at least one trial finished and every trial reached an outcome; any other exception in a trial is
+a bug and fails the sweep as before (exit 1, --resume continues it). Axes that cannot change anything are
+refused before anything is written (exit 2): the CFG scale on data without labels, M for a method
+whose training does not read it (`Method.trains_on_M`).
+
+The driver draws every value (seeded), resolves and checks every configuration (with Optuna: every
+listed value, both ends of each range and the starting points), connects to Ray, then creates the
+tracking store, the experiment and the sweep's parent run, and only then starts one Ray trial per
+training configuration. A trial trains its first point with `bench.train.run.execute` and evaluates
+that final checkpoint at its other sampling-time points with `bench.train.run.evaluate_checkpoint`;
+every point is a child run with the layout of a single run. The trial keeps its runs' ids in its Ray
+checkpoint (written when a run is created and at the end, not at every report) and tags them
+`sweep.trial`/`sweep.point`, so `--resume` continues each run where it stopped and does not rerun
+finished ones.
+
+Not Tune's MLflow integration (ray.air.integrations.mlflow: MLflowLoggerCallback, setup_mlflow): it logs
+one flat run per Tune trial from Tune's results; ours are child runs of the sweep's parent with the
+layout of a single run (params, fid at step n, checkpoints, phases), one per sampling-time point, written
+by execute() itself, which the callback would duplicate.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -58,7 +92,9 @@ def _progress_callback(total: int, quiet: bool):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             if not self.quiet:
-                summary = (trial.last_result or {}).get("summary", "")
+                last = trial.last_result or {}
+                summary = last.get("summary") or (f"{last.get('trial_label', trial.trial_id)}: stopped by the scheduler "
+                                                  f"at step {last.get('step', '?')}")
                 print(f"[{self.done}/{self.total}] {time.time() - self.t0:6.0f} s  {summary}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -91,30 +127,63 @@ def find_unfinished_sweep(plan: Plan, uri: str) -> str:
     raise BenchError(f"No unfinished sweep of this configuration in experiment {plan.experiment!r}; nothing to resume.")
 
 
+def _outcome(r, first) -> tuple[str, str]:
+    """(outcome, step) of a point's run: finished | failed | stopped | unfinished; `first`: its trial's training run."""
+    if r is None:
+        if first is not None and first.tags.get("sweep.outcome") in ("failed", "stopped"):
+            return first.tags["sweep.outcome"], ""  # never evaluated: its model did not finish training
+        return "unfinished", ""
+    out = r.tags.get("sweep.outcome", "finished" if r.status == "FINISHED" else "unfinished")
+    step = r.tags.get("failure.step", "") if out == "failed" else r.tags.get("sweep.stopped_at_step", "") if out == "stopped" else ""
+    return out, step
+
+
 def sweep_rows(plan: Plan, parent_run_id: str, uri: str) -> list[dict[str, Any]]:
-    """Every point of the plan with its run's status and FID per n (from the tracking store)."""
+    """Every point of the sweep with its run's status, outcome (finished, failed or stopped, at which step)
+    and FID per n (from the tracking store). Trials the searcher drew are found by their tags."""
     from bench.store.tracking import RunStore
 
     store = RunStore(uri)
     rows = []
-    for t in plan.trials:
-        found = runs_of_trial(store, plan.experiment, parent_run_id, t.key)
-        for p in t.points:
-            r = found.get(p.key)
-            rows.append({**p.values, "trial": t.index, "run_id": r.run_id if r else "",
-                         "status": r.status if r else "NOT STARTED",
-                         "fid": stored_results(store, r.run_id) if r else {}, "M": p.cfg["method"]["M"]})
+    if plan.drawn_at_run_time:
+        children = store.find(plan.experiment, tags={"mlflow.parentRunId": parent_run_id, "sweep.role": "trial"})
+        trials = []
+        for tk in dict.fromkeys(r.tags["sweep.trial"] for r in children):
+            found = runs_of_trial(store, plan.experiment, parent_run_id, tk)
+            trials.append((len(trials), found, [(pk, {k: _param(r, k) for k in plan.keys}, int(r.params.get("method.M", 0)))
+                                                for pk, r in found.items()]))
+    else:
+        trials = [(t.index, runs_of_trial(store, plan.experiment, parent_run_id, t.key),
+                   [(p.key, p.values, p.cfg["method"]["M"]) for p in t.points]) for t in plan.trials]
+    for index, found, points in trials:
+        first = found.get(points[0][0]) if points else None
+        for pk, values, M in points:
+            r = found.get(pk)
+            outcome, step = _outcome(r, first)
+            rows.append({**values, "trial": index, "run_id": r.run_id if r else "",
+                         "status": r.status if r else "NOT STARTED", "outcome": outcome, "outcome_step": step,
+                         "fid": stored_results(store, r.run_id) if r else {}, "M": M})
     return rows
+
+
+def _param(run, key: str) -> Any:
+    v = run.params.get(key, "")
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
 
 
 def format_rows(plan: Plan, rows: list[dict[str, Any]]) -> str:
     keys = plan.keys
-    head = [k.split(".")[-1] for k in keys] + ["fid n=1", "fid n=4", "fid n=M", "status", "run"]
+    head = [k.split(".")[-1] for k in keys] + ["fid n=1", "fid n=4", "fid n=M", "outcome", "status", "run"]
     table = []
     for r in rows:
         fid = {n: m["fid"] for n, m in r["fid"].items()}
         cell = lambda n: f"{fid[n]:.4g}" if n in fid else "-"  # noqa: E731
-        table.append([format_value(r[k]) for k in keys] + [cell(1), cell(4), cell(r["M"]), r["status"], r["run_id"]])
+        outcome = r["outcome"] + (f" at step {r['outcome_step']}" if r["outcome_step"] else "")
+        table.append([format_value(r.get(k, "")) for k in keys] + [cell(1), cell(4), cell(r["M"]), outcome,
+                                                                   r["status"], r["run_id"]])
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), "-" * len(line(head))] + [line(row) for row in table])
@@ -144,6 +213,8 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # a checkpoint per run id forces a state snapshot (num_to_keep=1): wanted, so no warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a metric such as during/fid_n1 is in the reports of evaluation steps only, not in every report
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with RaySession(address, num_cpus) as session:
         from ray import tune
 
@@ -167,18 +238,24 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
                 **{f"sweep.file.{s.name}": s.text for s in plan.sweeps},
                 **{f"sweep.values.{k}": ",".join(map(format_value, v)) for k, v in plan.values.items()},
                 **{f"sweep.time.{k}": t for k, t in plan.times.items()},
-                "sweep.trials": len(plan.trials), "sweep.points": len(plan.points()),
+                "sweep.trials": plan.num_trials, "sweep.points": len(plan.points()),
+                **({f"sweep.tune.{k}": v for k, v in vars(plan.tune).items() if k != "given" and v not in (None, [])}
+                   if plan.tune.given else {}),
                 "sweep.trial_cpus": plan.cpus, "sweep.trial_gpus": gpus, "sweep.torch_threads": plan.threads,
                 **{k: v for k, v in plan.base.flat().items() if k not in swept and k != "train.threads"},
             })
             if not resume:
                 for s in plan.sweeps:
                     tracker.log_artifact(s.path, "sweep")
-            echo(f"sweep {plan.name}: {len(plan.trials)} trained model(s), {len(plan.points())} run(s) of {plan.method} "
+            ts = plan.tune
+            echo(f"sweep {plan.name}: {plan.num_trials} trained model(s), "
+                 f"{'drawn by ' + ts.search if plan.drawn_at_run_time else str(len(plan.points())) + ' run(s)'} of {plan.method} "
                  f"on {session.describe()}; {plan.cpus:g} CPU(s){f', {gpus:g} GPU(s)' if gpus else ''} and "
                  f"{plan.threads} torch thread(s) per trial")
             for k, t in plan.times.items():
                 echo(f"  {k} ({t}-time): {', '.join(map(format_value, plan.values[k]))}")
+            if ts.metric:
+                echo(f"  deciding by {ts.metric} ({ts.mode}); scheduler {ts.scheduler}, search {ts.search}")
             for note in plan.notes:
                 echo(f"  note: {note}")
             echo(f"parent run {parent_id} in experiment {plan.experiment!r} at {uri}"
@@ -191,32 +268,95 @@ def run_sweep(plan: Plan, *, address: str | None = None, resume: bool = False, n
             for var in ("BENCH_OFFLINE", "BENCH_INCEPTION_URL", "BENCH_CLASSIFIER_URL", "BENCH_CIFAR10_URL"):  # the driver's download policy holds in every trial
                 if os.environ.get(var):
                     env[var] = os.environ[var]
-            trainable = tune.with_resources(run_trial, {"cpu": plan.cpus, "gpu": gpus})
+            trainable = run_trial if plan.template is None else tune.with_parameters(run_trial, template=plan.template)
+            trainable = tune.with_resources(trainable, {"cpu": plan.cpus, "gpu": gpus})
             storage = store_root() / "ray"
             path = storage / f"sweep-{parent_id}"
             if resume and tune.Tuner.can_restore(str(path)):
                 tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
             else:
                 name = path.name if not path.exists() else f"{path.name}-{int(time.time())}"
+                space = ({"values": plan.space} if plan.drawn_at_run_time else
+                         {"trial": tune.grid_search([t.payload() for t in plan.trials])})
                 tuner = tune.Tuner(
                     trainable,
                     param_space={"env": env, "experiment": plan.experiment, "parent_run_id": parent_id,
-                                 "sweep_name": plan.name, "sweep_keys": ",".join(plan.report_keys),
-                                 "trial": tune.grid_search([t.payload() for t in plan.trials])},
-                    tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+                                 "sweep_name": plan.name, "sweep_keys": ",".join(plan.report_keys), **space},
+                    tune_config=tune_config(plan),
                     run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                              callbacks=[_progress_callback(len(plan.trials), not progress)]),
+                                              callbacks=[_progress_callback(plan.num_trials, not progress)]),
                 )
-            tuner.fit()
+            results = tuner.fit()
+            mark_stopped(plan, results, parent_id, uri)
             rows = sweep_rows(plan, parent_id, uri)
-            parent.status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
+            # decided: every run finished, failed (TrainingFailed) or was stopped by the scheduler; else --resume continues it
+            decided = rows and all(r["outcome"] != "unfinished" for r in rows)
+            parent.status = "FINISHED" if decided else "FAILED"
     status = parent.status
     out = SweepOutcome(parent_id, plan.experiment, uri, status, rows, time.time() - t0, plan.notes)
     if status != "FINISHED":
-        bad = sum(r["status"] != "FINISHED" for r in rows)
+        bad = sum(r["outcome"] == "unfinished" for r in rows)
         raise SweepFailed(out, f"{bad} of {len(rows)} runs of sweep {plan.name} did not finish; fix the cause and continue them with --resume.")
+    if not any(r["outcome"] == "finished" for r in rows):
+        failed, stopped = (sum(r["outcome"] == o for r in rows) for o in ("failed", "stopped"))
+        raise SweepFailed(out, f"No run of sweep {plan.name} finished ({failed} failed, {stopped} stopped by the scheduler); "
+                               f"see the failure.message tag of the failed runs.")
     return out
+
+
+def tune_config(plan: Plan):
+    """tune.TuneConfig from the sweep file's [tune] table: today's plain grid (FIFO, every planned trial)
+    unless the file asks for a metric, a scheduler (ASHA) or a searcher (Optuna)."""
+    from ray import tune
+
+    t = plan.tune
+    scheduler = None
+    if t.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        max_t = t.max_t or plan.base.train.steps
+        # the time attribute is the training step each report carries; default grace: a tenth of the run
+        scheduler = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=t.grace_period or max(1, max_t // 10),
+                                  reduction_factor=t.reduction_factor or 4)
+    search_alg = None
+    if t.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        points = [{f"values/{k}": v for k, v in start.items()} for start in plan.starts]  # Optuna's flat names
+        class Searcher(OptunaSearch):
+            """OptunaSearch hands each intermediate result to Optuna (for its own pruners, unused: the scheduler
+            stops trials) and needs the metric in it; ours carry it only at some steps (during/*) or at the end."""
+
+            def on_trial_result(self, trial_id, result):
+                if self.metric in result:
+                    super().on_trial_result(trial_id, result)
+
+        search_alg = Searcher(points_to_evaluate=points or None, sampler=optuna.samplers.TPESampler(seed=plan.sweeps[0].seed))
+        if t.max_concurrent:
+            search_alg = tune.search.ConcurrencyLimiter(search_alg, max_concurrent=t.max_concurrent)
+    kwargs = dict(metric=t.metric, mode=t.mode) if t.metric else {}
+    return tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name, scheduler=scheduler,
+                           search_alg=search_alg, num_samples=plan.num_trials if plan.drawn_at_run_time else 1,
+                           max_concurrent_trials=t.max_concurrent if search_alg is None else None, **kwargs)
+
+
+def mark_stopped(plan: Plan, results, parent_run_id: str, uri: str) -> None:
+    """A trial the scheduler stopped exits inside tune.report (Tune raises SystemExit in its thread) and may not
+    get to write its run's end: here its runs that are not finished end KILLED, tagged sweep.outcome = stopped
+    and sweep.stopped_at_step (its last report's step)."""
+    from bench.store.tracking import RunStore
+
+    store = RunStore(uri)
+    for r in results:
+        last = r.metrics or {}
+        if r.error is not None or "outcome" in last or "trial_key" not in last:
+            continue  # a bug (kept for --resume), a trial that ended by itself, or one that never started a run
+        for run in runs_of_trial(store, plan.experiment, parent_run_id, last["trial_key"]).values():
+            if run.status != "FINISHED" and "sweep.outcome" not in run.tags:
+                store.mark(run.run_id, tags={"sweep.outcome": "stopped", "sweep.stopped_at_step": str(last.get("step", ""))},
+                           status="KILLED")
 
 
 class SweepFailed(RunFailed):
