@@ -71,3 +71,15 @@ def test_bad_during_settings_are_one_sentence(over, words):
 def test_during_steps_are_not_read_when_nothing_is_evaluated_during_training():
     cfg = resolve("shortcut", "smoke", ["M=2"])  # the default list 1,4 does not divide M = 2; unused
     assert cfg.train.eval_every == 0
+
+
+def test_the_estimate_takes_eval_save_samples_0():
+    """No samples kept: the estimate's output timing is 0 instead of concatenating nothing."""
+    import numpy as np
+    import torch
+
+    from bench.train.run import prepare
+
+    p = prepare(resolve("shortcut", "smoke", BASE + ["eval.save_samples=0"]), progress=False)
+    x = torch.zeros(4, *p.data.shape)
+    assert p.evaluator._time_output(x, torch.zeros(4, dtype=torch.long), np.zeros((10, 2))) == 0.0

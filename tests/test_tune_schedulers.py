@@ -270,3 +270,12 @@ def test_a_diverging_trial_is_a_result_and_the_sweep_exits_0(tmp_path, own_ray_t
     exp = c.get_experiment_by_name("smoke-lr_div-flow_matching")
     parent = c.search_runs([exp.experiment_id], "tags.`sweep.role` = 'parent'")[0]
     assert parent.info.status == "FINISHED"  # every trial decided: nothing for --resume to continue
+
+
+def test_a_sweep_stops_failing_trials_unless_told_to_warn():
+    from bench.sweep.plan import build_plan
+
+    plan = build_plan("shortcut", "smoke", [], ["k"])
+    assert {p.cfg["train"]["failure_rule"] for t in plan.trials for p in t.points} == {"stop"}
+    plan = build_plan("shortcut", "smoke", ["train.failure_rule=warn"], ["k"])
+    assert {p.cfg["train"]["failure_rule"] for t in plan.trials for p in t.points} == {"warn"}

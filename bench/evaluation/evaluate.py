@@ -297,6 +297,8 @@ class Evaluator:
         import tempfile
 
         keep = min(self.cfg.eval.save_samples, self.cfg.eval.num_samples)
+        if keep == 0:  # eval.save_samples = 0: no samples file; the picture is drawn from nothing either
+            return 0.0
         reps = -(-keep // len(x))  # the timed batch stands in for the kept samples
         samples = x.float().cpu().numpy()
         r = EvalResult(1, {}, np.concatenate([samples] * reps)[:keep], None, 0.0)

@@ -163,6 +163,11 @@ def build_plan(method: str, profile: str | None = None, overrides: list = (), sw
             times[full], note = decide_time(full, k.time, method_cls, f.path, base.method)
             if note:
                 notes.append(note)
+    if "train.failure_rule" not in set_keys | set(owner) and base.train.failure_rule == "warn":
+        # in a sweep the failure rule stops a failing trial (recorded as failed, the sweep goes on): the compute
+        # is the point; --set train.failure_rule=warn keeps every trial training
+        pairs = pairs + [("train.failure_rule", "stop")]
+        base = resolve(method, profile, pairs, data_spec=data_spec, seed=seed, doc=doc)
     resources: dict[str, float] = {}
     for f in files:
         for k, v in f.resources.items():
