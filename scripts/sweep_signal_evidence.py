@@ -83,22 +83,19 @@ class LoggedRun:
 def load(store: str, experiments=("evidence-digits", "evidence-smoke")) -> list[LoggedRun]:
     os.environ["BENCH_STORE"] = store
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(store).resolve()}/mlflow.db")
-    import mlflow
+    from bench.store.tracking import RunStore
 
-    c = mlflow.MlflowClient()
+    s = RunStore()
     out = []
     for name in experiments:
-        exp = c.get_experiment_by_name(name)
-        if exp is None:
-            continue
-        for r in c.search_runs([exp.experiment_id], max_results=1000):
-            if r.info.status not in ("FINISHED", "FAILED"):
+        for r in s.find(name, limit=1000):
+            if r.status not in ("FINISHED", "FAILED"):
                 continue
-            run = LoggedRun(r.info.run_id, name, dict(r.data.params), r.info.status, dict(r.data.tags),
-                            {int(m.step): m.value for m in c.get_metric_history(r.info.run_id, "fid")})
-            for key in r.data.metrics:
+            run = LoggedRun(r.run_id, name, dict(r.params), r.status, dict(r.tags),
+                            {int(m.step): m.value for m in s.history(r.run_id, "fid")})
+            for key in r.metrics:
                 if key.startswith(("train/loss", "train/target2_", "during/")):
-                    run.series[key] = sorted((int(m.step), m.value) for m in c.get_metric_history(r.info.run_id, key))
+                    run.series[key] = sorted((int(m.step), m.value) for m in s.history(r.run_id, key))
             out.append(run)
     return sorted(out, key=lambda r: (r.experiment, r.role, r.config(), r.seed))
 
@@ -305,6 +302,9 @@ def cmd_asha(runs: list[LoggedRun], out: Path, metric: str, orders: int = 5, gra
              f"{orders} random orders:", "",
              "| order | steps spent | share of the grid's | trials finished | picked (best mean final FID n=1 of its finished trials) | picked - winner, paired over seeds: mean [95 % CI] | verdict |",
              "|---|---|---|---|---|---|---|"]
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="asha-replay-")  # Tune's experiment state: not a result
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for o in range(orders):
@@ -313,7 +313,7 @@ def cmd_asha(runs: list[LoggedRun], out: Path, metric: str, orders: int = 5, gra
                                   reduction_factor=reduction, max_t=steps)
             tuner = tune.Tuner(_replay, param_space={"points": tune.grid_search([trials[i]["points"] for i in order])},
                                tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
-                               run_config=tune.RunConfig(verbose=0, storage_path=str(Path(out).resolve() / ".ray")))
+                               run_config=tune.RunConfig(verbose=0, storage_path=tmp))
             res = tuner.fit()
             spent, done = 0, []
             for r in res:
@@ -341,6 +341,9 @@ def cmd_asha(runs: list[LoggedRun], out: Path, metric: str, orders: int = 5, gra
                          f"({np.mean(by_cfg[picked]):.2f}) | {ci} | {verdict} |")
     finally:
         ray.shutdown()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     return "\n".join(lines)
 
 

@@ -273,6 +273,12 @@ def load_cifar10(path: str, cfg: DataConfig) -> Dataset:
     return load(path)
 
 
+def classes_known_absent(spec: str) -> bool:
+    """Whether data of this spec are known to carry no classes without loading them (the toys); other
+    loaders answer with the loaded data (Dataset.num_classes)."""
+    return spec.partition(":")[0] == "toy"
+
+
 LOADERS: dict[str, Callable[[str, DataConfig], Dataset]] = {
     "toy": load_toy,
     "digits": lambda _arg, cfg: load_digits(cfg),

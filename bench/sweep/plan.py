@@ -309,7 +309,9 @@ def check_tune(t: TuneSettings, base, method: str) -> None:
 def unconditional(cfg) -> bool:
     """Whether these data train without labels (no class, so no guidance): labels switched off, or a
     dataset without classes (the toys; other loaders are asked in preflight, with the data loaded)."""
-    return not cfg.data.labels or cfg.data.spec.partition(":")[0] == "toy"
+    from bench.data import classes_known_absent
+
+    return not cfg.data.labels or classes_known_absent(cfg.data.spec)
 
 
 def refuse_noop_axes(trial: Trial, times: dict[str, str], method_cls: type) -> None:
