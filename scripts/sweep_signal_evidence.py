@@ -80,6 +80,28 @@ class LoggedRun:
         return math.nan
 
 
+def level_ratio_series(run: LoggedRun, points: int = 5) -> list[tuple[int, float]]:
+    """train/level_ratio as bench.train.run logs it (bench.evaluation.levels.LevelWindows), fed the run's
+    logged train/loss_<group> and train/target2_<group> log point by log point."""
+    from bench.evaluation.levels import LevelWindows
+    from methods.base import LossLadder
+
+    levels = sorted(k[len("train/loss_"):] for k in run.series if k.startswith("train/loss_sc_level_"))
+    if not levels:
+        return []
+    w = LevelWindows(LossLadder(tuple(levels) + ("flow",), tuple(levels) + ("flow",), "flow"), points)
+    by_step: dict[int, dict[str, float]] = {}
+    for g in levels:
+        for key in (f"train/loss_{g}", f"train/target2_{g}"):
+            for step, v in run.series.get(key, []):
+                by_step.setdefault(step, {})[key] = v
+    out = []
+    for step in sorted(by_step):
+        if w.add(by_step[step]):
+            out.append((step, w.mean_ratio()))
+    return out
+
+
 def load(store: str, experiments=("evidence-digits", "evidence-smoke")) -> list[LoggedRun]:
     os.environ["BENCH_STORE"] = store
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(store).resolve()}/mlflow.db")
@@ -94,8 +116,10 @@ def load(store: str, experiments=("evidence-digits", "evidence-smoke")) -> list[
             run = LoggedRun(r.run_id, name, dict(r.params), r.status, dict(r.tags),
                             {int(m.step): m.value for m in s.history(r.run_id, "fid")})
             for key in r.metrics:
-                if key.startswith(("train/loss", "train/target2_", "during/")):
+                if key.startswith(("train/loss", "train/target2_", "train/level_ratio", "during/")):
                     run.series[key] = sorted((int(m.step), m.value) for m in s.history(r.run_id, key))
+            if "train/level_ratio" not in run.series:  # runs from before bench logged it: the same computation
+                run.series["train/level_ratio"] = level_ratio_series(run)
             out.append(run)
     return sorted(out, key=lambda r: (r.experiment, r.role, r.config(), r.seed))
 
@@ -167,6 +191,7 @@ SIGNALS = {
     "paired_to_2n n=2": lambda r, s: r.at("during/paired_to_2n_n2", s),
     "level d=1 loss / target2": lambda r, s: _norm(r, "sc_level_0", s),
     "mean level loss / target2": lambda r, s: float(np.nanmean([_norm(r, g, s) for g in _levels(r)])),
+    "train/level_ratio (as logged)": lambda r, s: r.at("train/level_ratio", s),
     "level d=1 loss (raw)": lambda r, s: _mean_near(r, "train/loss_sc_level_0", s),
     "flow loss (raw)": lambda r, s: _mean_near(r, "train/loss_flow", s),
 }

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.config import resolve
-from bench.evaluation.levels import FailureRule
+from bench.evaluation.levels import FailureRule, LevelWindows
 from methods.base import Batch, LossLadder, Method, Targets, interpolate
 from methods.shortcut import Shortcut, ShortcutOptions
 
@@ -248,6 +248,26 @@ def test_the_ceiling_reads_the_top_level_only_and_only_once_its_targets_settled(
     assert _feed(FailureRule(LADDER, 5, ceiling=0.0105), 0.5 * growing, growing, fits, t2) is None
 
 
+def test_level_ratio_is_the_mean_over_levels_of_each_windowed_share():
+    rng = np.random.default_rng(2)
+    n = 12
+    loss0, t2_0 = rng.uniform(0.01, 0.02, n), rng.uniform(1.0, 2.0, n)
+    loss1, t2_1 = rng.uniform(0.03, 0.05, n), rng.uniform(0.5, 1.0, n)
+    w = LevelWindows(LADDER, 5)
+    for i in range(n):
+        point = {"train/loss_sc_level_0": loss0[i], "train/target2_sc_level_0": t2_0[i], "train/loss_flow": 9.0,
+                 "train/target2_flow": 1.0}
+        if i % 3 != 2:  # d = 1/2 has no rows at every third point: its window pauses, the flow rows never count
+            point.update({"train/loss_sc_level_1": loss1[i], "train/target2_sc_level_1": t2_1[i]})
+        assert w.add(point) == (["sc_level_0", "sc_level_1"] if i % 3 != 2 else ["sc_level_0"])
+    # retyped: level 0 over its last 5 points; level 1 over its last 5 points that had rows
+    kept = [i for i in range(n) if i % 3 != 2][-5:]
+    r0 = loss0[-5:].sum() / t2_0[-5:].sum()
+    r1 = loss1[kept].sum() / t2_1[kept].sum()
+    assert w.mean_ratio() == pytest.approx((r0 + r1) / 2, rel=1e-12)
+    assert math.isnan(LevelWindows(LADDER, 5).mean_ratio())  # nothing logged yet: no signal
+
+
 def rule_armed_index(t2) -> int:
     """The index of the log point the rule arms at (three 5-point windows within 10 % of each other)."""
     for i in range(14, len(t2)):
@@ -305,6 +325,13 @@ def test_a_diverging_method_stub_warns_once_tags_the_run_and_keeps_training(monk
     assert run.data.tags["train.failing_level"].startswith("level d = 1 failing at step ")
     assert run.info.status == "FINISHED"
     assert max(m.step for m in client().get_metric_history(out.run_id, "train/loss")) == 700
+    # the early signal beside the rule: the stub's one level, loss / target second moment over the last 5 points
+    ratio = {m.step: m.value for m in client().get_metric_history(out.run_id, "train/level_ratio")}
+    lo = {m.step: m.value for m in client().get_metric_history(out.run_id, "train/loss_level")}
+    t2 = {m.step: m.value for m in client().get_metric_history(out.run_id, "train/target2_level")}
+    last5 = sorted(lo)[-5:]
+    assert sorted(ratio) == sorted(lo) and ratio[700] == pytest.approx(sum(lo[s] for s in last5) / sum(t2[s] for s in last5))
+    assert ratio[700] > 5 * ratio[300]  # the divergence shows in it too
     arts = [a.path for a in client().list_artifacts(out.run_id, "plots")]
     assert "plots/loss_levels.png" in arts
     assert out.results[1]["paired_to_M"] > 0 and out.results[2]["paired_to_M"] == 0.0

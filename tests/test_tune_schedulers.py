@@ -60,6 +60,11 @@ def test_shipped_asha_and_optuna_files():
 
     tc = tune_config(asha)
     assert isinstance(tc.scheduler, ASHAScheduler) and tc.scheduler._time_attr == "step"
+    km = build_plan("shortcut", "digits", ["train.eval_every=250"], ["kM_asha"])
+    assert km.tune.metric == "train/level_ratio" and km.cpus == 1 and km.threads == 1  # two at once on 2 cores
+    assert sorted((t.values["method.k"], t.values["method.M"], t.values["seed"]) for t in km.trials) == [
+        (k, M, s) for k in (0.125, 0.25, 0.5) for M in (16, 32) for s in (0, 1, 2)]
+    assert [m for m, _ in tune_config(km).scheduler._brackets[0]._rungs] == [2000, 1000, 500, 250]  # rungs from 10 %
     opt = build_plan("shortcut", "digits", [], ["k_optuna"])
     assert opt.drawn_at_run_time and opt.num_trials == opt.tune.num_samples
     assert opt.starts == [{"method.k": 0.25}]  # the paper's k goes first

@@ -15,7 +15,7 @@ CFG scale is sampling-time, the shortcut's is baked into its bootstrap targets.
     cpus = 1
     gpus = 0.5
     [tune]               # optional; Ray Tune's own names. Without it: every configuration, FIFO, as before
-    metric = "during/fid_n1"  # what a run logs: train/loss, train/loss_<part>, during/<metric>_n<n>, <metric>_n<n> (final)
+    metric = "during/fid_n1"  # what a run logs: train/loss, train/loss_<part>, train/level_ratio, during/<metric>_n<n>, <metric>_n<n> (final)
     mode = "min"              # or "max"; metric and mode go together
     scheduler = "asha"        # "fifo" (default) or "asha": stops trials that trail at each rung
     grace_period = 500        # asha, in training steps (default: a tenth of train.steps); time attribute: "step"

@@ -259,14 +259,20 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
             on_metrics(step, out)
 
     ladder = p.method.loss_ladder()
-    rule = None
-    if main and ladder is not None and cfg.train.divergence_points > 0:
-        from bench.evaluation.levels import FailureRule
+    rule = signal = None
+    if main and ladder is not None:
+        from bench.evaluation.levels import FailureRule, LevelWindows
 
         tc = cfg.train
-        rule = FailureRule(ladder, tc.divergence_points, growth=tc.failure_growth, ceiling=tc.failure_ceiling)
+        # train/level_ratio: the levels' mean loss / target second moment over the rule's window (5 log
+        # points when the rule is off), a cheap signal a sweep's scheduler can act on (docs/output.md)
+        signal = LevelWindows(ladder, tc.divergence_points or 5)
+        if tc.divergence_points > 0:
+            rule = FailureRule(ladder, tc.divergence_points, growth=tc.failure_growth, ceiling=tc.failure_ceiling)
 
     def log(metrics: dict[str, float], step: int) -> None:
+        if signal is not None and signal.add(metrics):
+            metrics = {**metrics, "train/level_ratio": signal.mean_ratio()}
         tracker.log_metrics(metrics, step)
         if on_metrics is not None:
             on_metrics(step, metrics)
