@@ -8,8 +8,15 @@
   asha     the grid's trials replayed through Ray Tune's own ASHAScheduler (a Tune function trainable
            that reports each trial's logged signal step by step): the configuration it keeps against the
            full grid's winner, and the training steps it spends against the grid's
+  simulate the grid's trials through Ray Tune's ASHAScheduler itself (its on_trial_result), `--concurrent` at a
+           time in Tune's trial order (the sweep's: configuration by configuration, or seed by seed), each at
+           the same pace per training step, reporting its logged metric at every log point as a live trial does:
+           the live sweep's stops reproduced (a check of the simulation), then other orders and rungs
+  live     a sweep that ran (bench run --sweep kM_asha -e EXPERIMENT, in the same store) against the grid:
+           each trial's outcome and steps, the configuration it picks, compute and wall time against the grid's
 
-    python scripts/sweep_signal_evidence.py STORE {rule,rank,asha} [--out results/sweep-signals]
+    python scripts/sweep_signal_evidence.py STORE {rule,rank,asha,live} [--out results/sweep-signals]
+        [--experiment sweep-kM-asha] [--wall SECONDS]   (live: the sweep's experiment, the command's wall time)
 
 Every figure is read from the store; nothing is trained here.
 """
@@ -39,6 +46,7 @@ class LoggedRun:
     status: str
     tags: dict
     final: dict[int, float]  # n -> final FID
+    seconds: float = math.nan  # the run's wall time (start to end, as the store records them)
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
 
     @property
@@ -114,7 +122,8 @@ def load(store: str, experiments=("evidence-digits", "evidence-smoke")) -> list[
             if r.status not in ("FINISHED", "FAILED"):
                 continue
             run = LoggedRun(r.run_id, name, dict(r.params), r.status, dict(r.tags),
-                            {int(m.step): m.value for m in s.history(r.run_id, "fid")})
+                            {int(m.step): m.value for m in s.history(r.run_id, "fid")},
+                            seconds=(r.end_time - r.start_time) / 1000 if r.end_time else math.nan)
             for key in r.metrics:
                 if key.startswith(("train/loss", "train/target2_", "train/level_ratio", "during/")):
                     run.series[key] = sorted((int(m.step), m.value) for m in s.history(r.run_id, key))
@@ -275,18 +284,207 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("store")
-    ap.add_argument("what", choices=["rule", "rank", "asha"])
+    ap.add_argument("what", choices=["rule", "rank", "asha", "simulate", "live"])
+    ap.add_argument("--concurrent", type=int, default=2, help="simulate: trials at once")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "sweep-signals")
     ap.add_argument("--metric", default="during/fid_n1")
     ap.add_argument("--orders", type=int, default=5, help="asha: random orders of the trials")
     ap.add_argument("--grace", type=int, default=1000, help="asha: grace_period in training steps")
     ap.add_argument("--reduction", type=int, default=2, help="asha: reduction_factor")
+    ap.add_argument("--experiment", default="sweep-kM-asha", help="live: the sweep's experiment")
+    ap.add_argument("--wall", type=float, default=math.nan, help="live: the sweep command's wall time in seconds")
     a = ap.parse_args()
     runs = load(a.store)
-    text = {"rule": cmd_rule, "rank": cmd_rank}[a.what](runs, a.out) if a.what != "asha" else cmd_asha(runs, a.out, a.metric, a.orders, a.grace, a.reduction)
+    if a.what == "asha":
+        text = cmd_asha(runs, a.out, a.metric, a.orders, a.grace, a.reduction)
+    elif a.what == "simulate":
+        text = cmd_simulate(runs, a.metric, a.grace, a.reduction, a.concurrent, a.experiment)
+    elif a.what == "live":
+        text = cmd_live(runs, a.store, a.experiment, a.wall, a.out)
+    else:
+        text = {"rule": cmd_rule, "rank": cmd_rank}[a.what](runs, a.out)
     print(text)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / {"rule": "failure_rule.md", "rank": "signal_ranking.md", "asha": "asha_vs_grid.md"}[a.what]).write_text(text + "\n")
+    name = {"rule": "failure_rule.md", "rank": "signal_ranking.md", "asha": "asha_vs_grid.md", "live": "sweep_vs_grid.md",
+            "simulate": "asha_simulated.md"}[a.what]
+    (a.out / name).write_text(text + "\n")
+
+
+def _paired(diff: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % t interval of paired differences."""
+    from scipy import stats
+
+    m = float(np.mean(diff))
+    return m, float(stats.t.ppf(0.975, len(diff) - 1) * np.std(diff, ddof=1) / np.sqrt(len(diff)))
+
+
+def cmd_live(runs: list[LoggedRun], store: str, experiment: str, wall: float, out: Path) -> str:
+    """The sweep's child runs (tags sweep.role = trial) against the grid's runs of the same (k, M, seed)."""
+    from bench.store.tracking import RunStore
+
+    grid = grid_runs(runs)
+    by_key = {(r.config(), r.seed): r for r in grid}
+    configs = sorted({r.config() for r in grid})
+    steps = grid[0].steps
+    gmean = {c: float(np.mean([by_key[(c, s)].final[1] for s in (0, 1, 2)])) for c in configs}
+    gmedian = {c: float(np.median([by_key[(c, s)].final[1] for s in (0, 1, 2)])) for c in configs}
+    winner = min(gmean, key=gmean.get)
+    st = RunStore()
+    rows, spent, fin = [], 0, {}
+    trials = st.find(experiment, tags={"sweep.role": "trial"}, limit=1000)
+    for r in sorted(trials, key=lambda r: (float(r.params["method.k"]), int(r.params["method.M"]), int(r.params["seed"]))):
+        c, seed = (float(r.params["method.k"]), int(r.params["method.M"])), int(r.params["seed"])
+        outcome = r.tags.get("sweep.outcome", r.status.lower())
+        at = {"finished": steps, "stopped": r.tags.get("sweep.stopped_at_step"), "failed": r.tags.get("failure.step")}.get(outcome)
+        at = int(at) if at not in (None, "") else max((m.step for m in st.history(r.run_id, "train/loss")), default=0)
+        spent += at
+        f1 = {int(m.step): m.value for m in st.history(r.run_id, "fid")}.get(1, math.nan)
+        g = by_key.get((c, seed))
+        same = "" if g is None or not math.isfinite(f1) else ("yes" if f1 == g.final[1] else f"no ({g.final[1]:.4g})")
+        if outcome == "finished":
+            fin.setdefault(c, {})[seed] = f1
+        lr = {int(m.step): m.value for m in st.history(r.run_id, "train/level_ratio")}
+        rows.append({"k": c[0], "M": c[1], "seed": seed, "outcome": outcome, "steps": at, "level_ratio_at_250": lr.get(250, math.nan),
+                     "final_fid_n1": f1, "grid_final_fid_n1": g.final[1] if g else math.nan})
+        reason = r.tags.get("failure.reason", "")
+        lines_row = (f"| {c[0]:g} | {c[1]} | {seed} | {outcome}{' (' + reason + ')' if reason else ''} | {at:,} | "
+                     f"{lr.get(250, math.nan):.4g} | {f1:.4g} | {g.final[1] if g else math.nan:.4g} | {same} |")
+        rows[-1]["line"] = lines_row
+    grid_steps = len(grid) * steps
+    picked = min(fin, key=lambda c: np.mean(list(fin[c].values()))) if fin else None
+    grid_wall = sum(r.seconds for r in grid) / 2  # the grid's runs ran two at a time, one thread each
+    lines = [f"Sweep `{experiment}` ({len(trials)} trials) against the grid of the same (k, M, seed) runs ({len(grid)} runs, "
+             f"{steps:,} steps each, {grid_steps:,} in all). Grid winner by mean final FID at n = 1: k={winner[0]:g} M={winner[1]} "
+             f"({gmean[winner]:.2f}; by the median of its seeds: {gmedian[winner]:.2f}).", "",
+             "| k | M | seed | outcome | steps trained | train/level_ratio at 250 | final FID n=1 | the grid run's | identical |",
+             "|---|---|---|---|---|---|---|---|---|"] + [r["line"] for r in rows]
+    lines += ["", f"Training compute: {spent:,} steps, {spent / grid_steps:.2f} of the grid's {grid_steps:,}."]
+    if picked is not None:
+        diff = [by_key[(picked, s)].final[1] - by_key[(winner, s)].final[1] for s in (0, 1, 2)]
+        m, h = _paired(diff) if picked != winner else (0.0, 0.0)
+        verdict = "the same configuration" if picked == winner else (
+            "within the winner's paired interval" if m - h <= 0 <= m + h else "worse than the winner")
+        lines.append(f"Picked (best mean final FID n=1 over its finished seeds): k={picked[0]:g} M={picked[1]} "
+                     f"({np.mean(list(fin[picked].values())):.2f} over seeds {sorted(fin[picked])}); on the grid's runs, picked - winner "
+                     f"paired over seeds 0-2: {m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]: {verdict}.")
+        lines.append("Grid, every configuration (mean / median of seeds 0-2, final FID n=1): " + "; ".join(
+            f"k={c[0]:g} M={c[1]} {gmean[c]:.2f} / {gmedian[c]:.2f}" for c in configs))
+    lines.append(f"Wall time: the sweep {wall / 60:.1f} min (two trials at once, one thread each); the grid's runs "
+                 f"{grid_wall / 60:.1f} min at two at a time (their summed durations / 2), ratio {wall / grid_wall:.2f}. "
+                 "One shared 2-core machine, one measurement each: a ratio, not a speed.")
+    _write_csv(out / "sweep_vs_grid.csv", [{k: v for k, v in r.items() if k != "line"} for r in rows])
+    return "\n".join(lines)
+
+
+class _SimTrial:
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+
+def simulate_asha(trials: list[tuple[str, list[tuple[int, float]]]], steps: int, metric_steps: int, grace: int,
+                  reduction: int, concurrent: int) -> dict[str, int]:
+    """Run Ray Tune's own ASHAScheduler (its on_trial_add / on_trial_result) over `trials` [(id, [(step, value)])],
+    in that order, `concurrent` at a time, every trial at one pace (a log point per 50 steps, the slots in
+    lockstep, ties in slot order); a stopped or finished trial's slot takes the next trial. Returns id -> steps
+    trained. A finished trial's final report (step = train.steps) is past the last rung, as live."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    sched = ASHAScheduler(time_attr="step", metric="score", mode="min", grace_period=grace, reduction_factor=reduction,
+                          max_t=steps)
+    queue = list(trials)
+    running: list[tuple[float, int, _SimTrial, list]] = []  # (clock at its next report, slot, trial, remaining points)
+    out: dict[str, int] = {}
+    clock, slot = 0.0, 0
+
+    def start(at: float, slot: int) -> None:
+        tid, pts = queue.pop(0)
+        t = _SimTrial(tid)
+        sched.on_trial_add(None, t)
+        pts = [(s, v) for s, v in pts if s < steps]  # the last step goes with the final report
+        running.append((at + pts[0][0] if pts else at + steps, slot, t, pts, at))
+
+    for slot in range(min(concurrent, len(queue))):
+        start(0.0, slot)
+    while running:
+        running.sort(key=lambda r: (r[0], r[1]))
+        clock, slot, t, pts, began = running.pop(0)
+        if not pts:  # trained to the end
+            out[t.trial_id] = steps
+            if queue:
+                start(clock, slot)
+            continue
+        step, value = pts[0]
+        action = sched.on_trial_result(None, t, {"step": step, "score": value}) if math.isfinite(value) else TrialScheduler.CONTINUE
+        if action == TrialScheduler.STOP:
+            out[t.trial_id] = step
+            sched.on_trial_remove(None, t)
+            if queue:
+                start(clock, slot)
+            continue
+        rest = pts[1:]
+        nxt = began + (rest[0][0] if rest else steps)
+        running.append((nxt, slot, t, rest, began))
+    return out
+
+
+def cmd_simulate(runs: list[LoggedRun], metric: str, grace: int, reduction: int, concurrent: int, experiment: str) -> str:
+    """The grid's trials through simulate_asha in Tune's order for the sweep (k, M, seed nested, seed innermost:
+    the live sweep's), and seed outermost; the live sweep's steps per trial beside the first."""
+    from bench.store.tracking import RunStore
+
+    grid = grid_runs(runs)
+    steps = grid[0].steps
+    by_key = {(r.config(), r.seed): r for r in grid}
+    configs = sorted({r.config() for r in grid})
+    mean = {c: float(np.mean([by_key[(c, s)].final[1] for s in (0, 1, 2)])) for c in configs}
+    winner = min(mean, key=mean.get)
+    live = {}
+    for r in RunStore().find(experiment, tags={"sweep.role": "trial"}, limit=1000):
+        c, seed = (float(r.params["method.k"]), int(r.params["method.M"])), int(r.params["seed"])
+        o = r.tags.get("sweep.outcome", "")
+        live[(c, seed)] = steps if o == "finished" else int(r.tags.get("sweep.stopped_at_step") or r.tags.get("failure.step") or 0)
+    lines = [f"Ray Tune's ASHAScheduler (metric {metric}, grace_period {grace}, reduction_factor {reduction}, max_t {steps}) "
+             f"driven by the {len(grid)} grid trials' logged values, {concurrent} at a time at one pace per step. "
+             f"Grid: {len(grid) * steps:,} steps; winner by mean final FID n=1 k={winner[0]:g} M={winner[1]} ({mean[winner]:.2f}).", "",
+             "| trial order | steps | share of the grid's | finished | picked (mean final FID n=1 of its finished seeds) | picked - winner, paired over seeds 0-2 | matches the live sweep's steps |",
+             "|---|---|---|---|---|---|---|"]
+    orders = {"configuration by configuration (Tune's grid order: the live sweep's)": sorted(by_key, key=lambda k: (k[0], k[1])),
+              "seed by seed": sorted(by_key, key=lambda k: (k[1], k[0]))}
+    for name, keys in orders.items():
+        trials = [(f"{k}", [(s, v) for s, v in by_key[k].series.get(metric, [])]) for k in keys]
+        got = simulate_asha(trials, steps, 50, grace, reduction, concurrent)
+        spent = sum(got.values())
+        fin: dict = {}
+        for k in keys:
+            if got[f"{k}"] == steps:
+                fin.setdefault(k[0], []).append(by_key[k].final[1])
+        picked = min(fin, key=lambda c: np.mean(fin[c]))
+        diff = [by_key[(picked, s)].final[1] - by_key[(winner, s)].final[1] for s in (0, 1, 2)]
+        m, h = _paired(diff) if picked != winner else (0.0, 0.0)
+        verdict = "same" if picked == winner else ("within" if m - h <= 0 <= m + h else "worse")
+        match = ""
+        if live and "live sweep" in name:
+            diffs = [k for k in keys if live.get(k) != got[f"{k}"]]
+            match = "yes, every trial" if not diffs else f"{len(keys) - len(diffs)} of {len(keys)}; " + ", ".join(
+                f"k={k[0][0]:g} M={k[0][1]} seed {k[1]}: live {live.get(k)}, here {got[f'{k}']}" for k in diffs)
+        lines.append(f"| {name} | {spent:,} | {spent / (len(grid) * steps):.2f} | {sum(len(v) for v in fin.values())} | "
+                     f"k={picked[0]:g} M={picked[1]} ({np.mean(fin[picked]):.2f}) | {m:+.2f} [{m - h:+.2f}, {m + h:+.2f}] {verdict} | {match} |")
+    lines += ["", "Where the live sweep differs, the simulation's one pace per step is the cause: live, the trials drift "
+              "(final evaluations, evaluations during training, k's cost per step, two trials started together), so "
+              "which of two trials reaches a rung first can differ, and the first at a rung is judged against fewer. Sensitivity, chosen after seeing these runs (not the shipped "
+              "file; share of the grid's steps and the pick, by trial order):", ""]
+    for g, rf in ((250, 3), (250, 4), (500, 2), (500, 3)):
+        cells = []
+        for name, keys in orders.items():
+            got = simulate_asha([(f"{k}", by_key[k].series.get(metric, [])) for k in keys], steps, 50, g, rf, concurrent)
+            fin = {}
+            for k in keys:
+                if got[f"{k}"] == steps:
+                    fin.setdefault(k[0], []).append(by_key[k].final[1])
+            pk = min(fin, key=lambda c: np.mean(fin[c]))
+            cells.append(f"{name.split(' (')[0]}: {sum(got.values()) / (len(grid) * steps):.2f}, k={pk[0]:g} M={pk[1]}")
+        lines.append(f"- grace_period {g}, reduction_factor {rf}: " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 def _replay(config: dict) -> None:

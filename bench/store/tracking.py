@@ -247,6 +247,7 @@ class StoredRun:
     params: dict[str, str]
     tags: dict[str, str]
     metrics: dict[str, float]  # each metric's latest value
+    end_time: int | None = None  # ms since the epoch; None while it runs
 
 
 def _quoted(value: str) -> str:
@@ -350,4 +351,4 @@ class RunStore:
 def _record(run) -> StoredRun:
     info, data = run.info, run.data
     return StoredRun(info.run_id, info.experiment_id, info.status, info.start_time, info.artifact_uri,
-                     dict(data.params), dict(data.tags), dict(data.metrics))
+                     dict(data.params), dict(data.tags), dict(data.metrics), info.end_time)
