@@ -53,6 +53,47 @@ def test_M_sweep_takes_each_runs_own_largest_n(tmp_path):
     assert (tmp_path / "out" / "fid_vs_swept.png").stat().st_size > 10_000
 
 
+def test_a_sweep_over_k_and_M_draws_k_on_x_and_a_line_per_M_with_a_stopped_trial(tmp_path):
+    from bench.report import plot_fid_vs_swept
+    from bench.report.frames import sweep_axes
+
+    def run(k, M, seed, fid1, outcome="finished"):
+        t = Tracker("kM", tags={"method": "shortcut", "sweep.keys": "method.k,method.M", "sweep.role": "trial",
+                                **({"sweep.outcome": "stopped", "sweep.stopped_at_step": "250"} if outcome == "stopped" else {})})
+        t.log_params({"method.k": k, "method.M": M, "seed": seed, "eval.num_samples": 100, "eval.feature_space": "coords",
+                      "train.steps": 1000})
+        if outcome == "stopped":
+            t.log_metrics({"during/fid_n1": 9.0}, step=250)
+        else:
+            t.log_metrics({"fid": fid1}, step=1)
+            t.log_metrics({"fid": fid1 / 2}, step=M)
+        t.end("KILLED" if outcome == "stopped" else "FINISHED")
+
+    run(0.25, 4, 0, 1.0)
+    run(0.25, 4, 1, 3.0)
+    run(0.5, 4, 0, 2.0)
+    run(0.25, 8, 0, 5.0)
+    run(0.5, 8, 0, 0.0, outcome="stopped")
+    df = collect("kM")
+    assert sweep_axes(df) == ("method.k", "method.M")  # the sweep file's order: k first
+    t = swept_table(df)
+    done = t[t["outcome"] == "finished"].set_index(["method.k", "method.M", "at"])
+    assert done.loc[(0.25, 4.0, "n = 1"), "mean"] == pytest.approx(2.0) and done.loc[(0.25, 4.0, "n = 1"), "count"] == 2
+    assert done.loc[(0.25, 8.0, "n = M"), "mean"] == pytest.approx(2.5)  # each run's own largest n
+    assert done.loc[(0.5, 4.0, "n = 1"), "mean"] == pytest.approx(2.0)
+    stopped = t[t["outcome"] == "stopped"]
+    assert stopped[["method.k", "method.M"]].drop_duplicates().values.tolist() == [[0.5, 8.0]]
+    assert stopped.set_index("at").loc["n = 1", "mean"] == 9.0
+    plot_fid_vs_swept(df, tmp_path / "kM.png", "kM")
+    svg = (tmp_path / "kM.svg").read_text()
+    assert "<!-- method.M = 4 -->" in svg and "<!-- method.M = 8 -->" in svg and "one line per method.M" in svg
+    assert "<!-- stopped @ step 250/1000 -->" in svg
+    # a single-key sweep keeps its one line
+    add_run("konly", "method.k", 0.25, 0, {1: 1.0})
+    add_run("konly", "method.k", 0.5, 0, {1: 2.0})
+    assert sweep_axes(collect("konly")) == ("method.k", None)
+
+
 def test_runs_of_several_methods_get_no_swept_plot(tmp_path):
     for method in ("shortcut", "flow_matching"):
         t = Tracker("plain", tags={"method": method})

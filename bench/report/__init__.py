@@ -41,7 +41,7 @@ from bench.report.paired import t_interval as mean_ci, write_paired  # noqa: F40
 from bench.report.frames import (  # noqa: F401  (the report's API: bench.report.collect, ...)
     SWEEP_TAG, GROUP_PREFIXES, PER_RUN, FLOORS, collect,
     run_identity, RUN_COLUMNS, group_keys, label_groups, group_title, training_compute,
-    hue_column, collect_levels, read_metrics_csv, OUTCOMES, OUTCOME_COLUMNS, DURING_FID, finished,
+    hue_column, sweep_axes, collect_levels, read_metrics_csv, OUTCOMES, OUTCOME_COLUMNS, DURING_FID, finished,
 )
 from bench.report.tables import (  # noqa: F401  (the report's API: bench.report.collect, ...)
     CI_NOTE, format_ci, fid_table, floors, floor_note, ratio_table,
@@ -126,7 +126,7 @@ def write_outputs(df: pd.DataFrame, out: Path, source: str, correction: str = "h
     written.append(atomic_write(out / "table.md", lambda fh: fh.write(table.encode())))
     if df["method"].nunique() > 1 and df["train_compute"].gt(0).any():  # methods side by side: FID per unit of training
         written += plot_fid_vs_compute(df, out / "fid_vs_compute.png", describe(df))
-    if hue_column(trials) != "group":  # one method's sweep: FID against the swept value too
+    if sweep_axes(trials)[0] != "group":  # one method's sweep: FID against the swept value too
         written += plot_fid_vs_swept(trials, out / "fid_vs_swept.png", describe(df))
         swept = swept_table(trials).to_csv(index=False, float_format="%.6g")
         written.append(atomic_write(out / "fid_vs_swept.csv", lambda fh: fh.write(swept.encode())))

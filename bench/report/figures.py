@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.files.plots import axis, pyplot, save
 from bench.report.paired import sort_key as _sort_key, t_interval as mean_ci
-from bench.report.frames import group_title, hue_column
+from bench.report.frames import group_title, hue_column, sweep_axes
 from bench.report.tables import floors, swept_table, _level_hue, levels_final_table
 
 
@@ -230,6 +230,10 @@ OUTCOME_STYLE = {  # how the sweep figure draws a trial that did not finish: mar
 }
 
 
+def _format_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def trial_note(r) -> str:
     """'stopped @ step 200/1000' or 'failed @ step 300 (nonfinite)': what ended a trial and when."""
     step = "?" if pd.isna(r.stopped_at_step) else f"{int(r.stopped_at_step)}"
@@ -248,11 +252,12 @@ def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     import seaborn as sns
 
     plt = pyplot()
-    key = hue_column(df)
+    key, series = sweep_axes(df)
+    keys = [key] + ([series] if series else [])
     table = swept_table(df)
     raw, trials = table.attrs["raw"], table.attrs["trials"]
-    stats = raw.groupby(["at", key])["value"].apply(_interval).unstack().reset_index() if len(raw) else \
-        pd.DataFrame(columns=["at", key, "mean", "lo", "hi", "n"])
+    stats = raw.groupby(["at", *keys])["value"].apply(_interval).unstack().reset_index() if len(raw) else \
+        pd.DataFrame(columns=["at", *keys, "mean", "lo", "hi", "n"])
     values = sorted(set(raw[key]) | set(trials[key]), key=_sort_key)
     numeric = all(isinstance(v, float) for v in values)
     position = {v: (v if numeric else i) for i, v in enumerate(values)}  # anything else: categories in order
@@ -263,28 +268,43 @@ def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
     headroom = 1.3 if (trials["mean"] > 0).all() else 1.8  # room under the top edge for the notes of trials without a FID
     top = max([*positive, *stats["hi"]]) * headroom if positive else 1.0
     order = [a for a in ("n = 1", "n = 4", "n = M") if a in set(raw["at"]) | set(trials["at"])]
-    colours = sns.color_palette("colorblind", 4)
+    lines = sorted(set(raw[series]) | set(trials[series]), key=_sort_key) if series else [None]
+    palette = sns.color_palette("colorblind", max(4, len(lines)))
+    colours = palette if series else sns.color_palette("colorblind", 4)
+    line_colour = {v: palette[i] for i, v in enumerate(lines)} if series else {None: colours[0]}
     fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order) + 2.6, 4.0), dpi=120, sharey=True, squeeze=False)
     for ax, at in zip(axes[0], order):
-        pts = raw[raw["at"] == at]
-        ax.scatter(pts[key].map(position), pts["value"], s=12, color=colours[0], alpha=0.45, lw=0, zorder=2)
-        st = stats[stats["at"] == at].assign(x=lambda t: t[key].map(position)).sort_values("x")
-        ax.plot(st["x"], st["mean"], marker="o", color=colours[0], lw=1.6, ms=5, zorder=3)
-        if (st["n"] > 1).any():
-            ax.fill_between(st["x"], st["lo"].clip(lower=floor), st["hi"], color=colours[0], alpha=0.18, lw=0)
+        for lv in lines:
+            c0 = line_colour[lv]
+            pts = raw[(raw["at"] == at) & ((raw[series] == lv) if series else True)]
+            ax.scatter(pts[key].map(position), pts["value"], s=12, color=c0, alpha=0.45, lw=0, zorder=2)
+            st = stats[(stats["at"] == at) & ((stats[series] == lv) if series else True)]
+            st = st.assign(x=lambda t: t[key].map(position)).sort_values("x")
+            ax.plot(st["x"], st["mean"], marker="o", color=c0, lw=1.6, ms=5, zorder=3)
+            if (st["n"] > 1).any():
+                ax.fill_between(st["x"], st["lo"].clip(lower=floor), st["hi"], color=c0, alpha=0.18, lw=0)
         crowd: dict = {}  # trials already annotated at one x: the next note goes below
-        for r in trials[trials["at"] == at].itertuples():
+        here = trials[trials["at"] == at]
+        # trials without a FID here that ended alike (value, line, outcome, step) share one mark on the top edge
+        alike = [*keys, "outcome", "stopped_at_step"]
+        none = here[~(here["mean"] > 0)].copy()
+        counts = none.groupby(alike, dropna=False)["run_id"].transform("size") if len(none) else none["run_id"]
+        none = none.assign(times=counts).drop_duplicates(alike)
+        here = pd.concat([here[here["mean"] > 0].assign(times=1), none]) if len(none) else here.assign(times=1)
+        for r in here[[*here.columns.drop("times"), "times"]].itertuples():
             marker, filled, c = OUTCOME_STYLE.get(r.outcome, ("s", True, 2))
             value = r[1]  # the swept value: the first column (method.k is no attribute name)
+            colour = line_colour[r[2]] if series else colours[c]  # two keys: the line's colour, the outcome's marker
             x, y = position[value], r.mean
             y = y if y > 0 else top  # no FID during training (or none > 0): on the top edge
-            paint = {"color": colours[c]} if filled else {"facecolors": "none", "edgecolors": colours[c]}  # x: a line marker
+            paint = {"color": colour} if filled else {"facecolors": "none", "edgecolors": colour}  # x: a line marker
             ax.scatter([x], [y], marker=marker, s=52, lw=1.8, zorder=4, clip_on=False, **paint)
             k = crowd[x] = crowd.get(x, -1) + 1
             right = rank[value] > (len(values) - 1) / 2  # notes point into the panel
             dy = 4 - 9 * k if y < top else -11 - 9 * k  # below a mark on the top edge, off the panel's title
-            ax.annotate(trial_note(r) + ("" if r.mean > 0 else ", no FID yet"), (x, y), xytext=(-6 if right else 6, dy),
-                        textcoords="offset points", ha="right" if right else "left", fontsize=6.5, color=colours[c],
+            many = f"{r.times} " if r.times > 1 else ""
+            ax.annotate(many + trial_note(r) + ("" if r.mean > 0 else ", no FID yet"), (x, y), xytext=(-6 if right else 6, dy),
+                        textcoords="offset points", ha="right" if right else "left", fontsize=6.5, color=colour,
                         annotation_clip=False)
         if numeric and values[0] > 0 and values[-1] / values[0] >= 4:
             axis(ax, "x", values[0], values[-1], log2_ticks=values)
@@ -299,20 +319,24 @@ def plot_fid_vs_swept(df: pd.DataFrame, path: Path, title: str) -> list[Path]:
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel(f"FID ({', '.join(sorted(map(str, df['feature_space'].unique())))} features)")
     seeds = int(stats["n"].max()) if len(stats) else 0
-    handles = [mlines.Line2D([], [], color=colours[0], marker="o", lw=1.6, ms=5,
+    grey = (0.35, 0.35, 0.35)
+    first = grey if series else colours[0]
+    handles = [mlines.Line2D([], [], color=first, marker="o", lw=1.6, ms=5,
                              label="finished: mean over seeds" + (", 95 % t-band" if seeds > 1 else "")),
-               mlines.Line2D([], [], color=colours[0], marker="o", lw=0, ms=4, alpha=0.45, label="finished: one seed")]
+               mlines.Line2D([], [], color=first, marker="o", lw=0, ms=4, alpha=0.45, label="finished: one seed")]
+    handles += [mlines.Line2D([], [], color=line_colour[v], lw=2.5, label=f"{series} = {_format_value(v)}") for v in lines if series]
     for what, text in (("stopped", "stopped by the scheduler:\nlast FID during training"),
                        ("failed", "failed (step, reason):\nlast FID during training")):
         if (trials["outcome"] == what).any():
             marker, filled, c = OUTCOME_STYLE[what]
-            handles.append(mlines.Line2D([], [], lw=0, marker=marker, ms=7, mew=1.8, markeredgecolor=colours[c],
-                                         markerfacecolor=colours[c] if filled else "none", label=text))
+            mc = grey if series else colours[c]
+            handles.append(mlines.Line2D([], [], lw=0, marker=marker, ms=7, mew=1.8, markeredgecolor=mc,
+                                         markerfacecolor=mc if filled else "none", label=text))
     if (~(trials["mean"] > 0)).any():
         handles.append(mlines.Line2D([], [], lw=0, label="on the top edge: no FID during training"))
     axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7.5)
     ended = trials.drop_duplicates("run_id")["outcome"].value_counts()
-    fig.suptitle(f"{title}: FID against {key}" + (f", mean and 95 % t-interval over up to {seeds} seeds" if seeds > 1 else "")
+    fig.suptitle(f"{title}: FID against {key}" + (f", one line per {series}" if series else "") + (f", mean and 95 % t-interval over up to {seeds} seeds" if seeds > 1 else "")
                  + "".join(f"; {ended[o]} {o}" for o in ("stopped", "failed") if o in ended), fontsize=9)
     fig.tight_layout()
     return save(fig, path)

@@ -239,6 +239,26 @@ def hue_column(df: pd.DataFrame) -> str:
     return keys[0] if keys[0] in swept or numeric else "group"  # FID against a dataset name is no curve
 
 
+def sweep_axes(df: pd.DataFrame) -> tuple[str, str | None]:
+    """(x, series) of a one-method sweep's figure: the swept key on the x axis and, for a sweep over two keys
+    (k x M), the second one as a line per value, in the sweep's order (the `swept` column); ("group", None)
+    when the runs are no such sweep (several methods, no numbers on x, or a group not named by the two keys)."""
+    key = hue_column(df)
+    if key != "group":
+        return key, None
+    sweeps = {s for s in df["swept"].unique() if isinstance(s, str) and s} if "swept" in df.columns else set()
+    if len(sweeps) != 1 or df["method"].nunique() != 1:
+        return "group", None
+    keys = [k for k in next(iter(sweeps)).split(",") if k]
+    if len(keys) != 2 or not all(k in df.columns for k in keys):
+        return "group", None
+    if not all(isinstance(_numeric(v), float) for v in df[keys[0]].unique()):
+        return "group", None
+    if df.groupby(keys)["group"].nunique().max() > 1:  # another key splits a cell: two lines would hide it
+        return "group", None
+    return keys[0], keys[1]
+
+
 def _numeric(v):
     try:
         return float(v)

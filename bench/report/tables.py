@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report.paired import sort_key as _sort_key, t_interval as mean_ci
-from bench.report.frames import DURING_FID, FLOORS, finished, group_title, hue_column, _numeric
+from bench.report.frames import DURING_FID, FLOORS, finished, group_title, hue_column, sweep_axes, _numeric
 
 
 CI_NOTE = ("mean ± half-width of the 95 % Student-t interval over the runs (seeds) of a row "
@@ -107,12 +107,13 @@ def ratio_table(df: pd.DataFrame, num: str, den: str) -> str:
 
 def swept_table(df: pd.DataFrame) -> pd.DataFrame:
     """A sweep's FID at n = 1, 4 and M (each run's own largest n, so an M sweep compares like with
-    like) against the swept value: one row per (value, n) of finished runs with the mean, the standard
+    like) against the swept value (and, for a sweep over two keys, the second: bench.report.frames.sweep_axes): one row per (value, n) of finished runs with the mean, the standard
     deviation over runs (seeds), the half-width of the 95 % t-interval and the number of runs; then one row
     per stopped or failed trial and n, its last FID during training as `mean` (nan and count 0 where it has
     none), the training step it stopped or failed at of its train_steps, and the failure's reason.
     attrs: "raw" (finished runs, one row per run and n), "trials" (the stopped and failed rows)."""
-    key = hue_column(df)
+    key, series = sweep_axes(df)
+    keys = [key] + ([series] if series else [])
     done = finished(df)
     fid = done[done["metric"] == "fid"]
     rows = []
@@ -121,11 +122,12 @@ def swept_table(df: pd.DataFrame) -> pd.DataFrame:
         for at, n in (("n = 1", 1), ("n = 4", 4), ("n = M", M)):
             v = run.loc[run["steps"] == n, "value"]
             if len(v):
-                rows.append({key: _numeric(run[key].iloc[0]), "at": at, "value": float(v.iloc[0]), "run_id": run_id})
-    raw = pd.DataFrame(rows, columns=[key, "at", "value", "run_id"])
-    table = raw.groupby([key, "at"])["value"].agg(["mean", "std", "count"]).reset_index()
-    table["ci95"] = [mean_ci(raw.loc[(raw[key] == k) & (raw["at"] == a), "value"])[1] for k, a in zip(table[key], table["at"])]
-    table.insert(2, "outcome", "finished")
+                rows.append({**{k: _numeric(run[k].iloc[0]) for k in keys}, "at": at, "value": float(v.iloc[0]), "run_id": run_id})
+    raw = pd.DataFrame(rows, columns=[*keys, "at", "value", "run_id"])
+    table = raw.groupby([*keys, "at"])["value"].agg(["mean", "std", "count"]).reset_index()
+    table["ci95"] = [mean_ci(raw.loc[(raw[keys] == list(r[:-1])).all(axis=1) & (raw["at"] == r[-1]), "value"])[1]
+                     for r in table[[*keys, "at"]].itertuples(index=False)]
+    table.insert(len(keys) + 1, "outcome", "finished")
     ended = df[(df["metric"] == DURING_FID) & (df["outcome"] != "finished")] if "outcome" in df.columns else df.iloc[:0]
     rows = []
     for run_id, run in ended.groupby("run_id", sort=False):
@@ -134,10 +136,11 @@ def swept_table(df: pd.DataFrame) -> pd.DataFrame:
             v = run.loc[run["steps"] == n, "value"]
             if len(v):
                 value = float(v.iloc[0])
-                rows.append({key: _numeric(first[key]), "at": at, "outcome": first["outcome"], "mean": value, "std": math.nan,
-                             "count": int(not math.isnan(value)), "ci95": math.nan, "stopped_at_step": first["stopped_at_step"],
-                             "train_steps": first["train_steps"], "failure_reason": first["failure_reason"], "run_id": run_id})
-    trials = pd.DataFrame(rows, columns=[key, "at", "outcome", "mean", "std", "count", "ci95", "stopped_at_step",
+                rows.append({**{k: _numeric(first[k]) for k in keys}, "at": at, "outcome": first["outcome"], "mean": value,
+                             "std": math.nan, "count": int(not math.isnan(value)), "ci95": math.nan,
+                             "stopped_at_step": first["stopped_at_step"], "train_steps": first["train_steps"],
+                             "failure_reason": first["failure_reason"], "run_id": run_id})
+    trials = pd.DataFrame(rows, columns=[*keys, "at", "outcome", "mean", "std", "count", "ci95", "stopped_at_step",
                                          "train_steps", "failure_reason", "run_id"])
     table = pd.concat([table, trials], ignore_index=True) if len(trials) else table.reindex(columns=trials.columns)
     table.attrs["raw"] = raw
