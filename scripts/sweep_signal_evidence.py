@@ -381,7 +381,7 @@ class _SimTrial:
         self.trial_id = trial_id
 
 
-def simulate_asha(trials: list[tuple[str, list[tuple[int, float]]]], steps: int, metric_steps: int, grace: int,
+def simulate_asha(trials: list[tuple[str, list[tuple[int, float]]]], steps: int, grace: int,
                   reduction: int, concurrent: int) -> dict[str, int]:
     """Run Ray Tune's own ASHAScheduler (its on_trial_add / on_trial_result) over `trials` [(id, [(step, value)])],
     in that order, `concurrent` at a time, every trial at one pace (a log point per 50 steps, the slots in
@@ -427,6 +427,15 @@ def simulate_asha(trials: list[tuple[str, list[tuple[int, float]]]], steps: int,
     return out
 
 
+def _pick(got: dict[str, int], keys, by_key, steps: int):
+    """(configuration -> final FIDs n=1 of its finished trials, the configuration with the best mean of them)."""
+    fin: dict = {}
+    for k in keys:
+        if got[f"{k}"] == steps:
+            fin.setdefault(k[0], []).append(by_key[k].final[1])
+    return fin, min(fin, key=lambda c: np.mean(fin[c]))
+
+
 def cmd_simulate(runs: list[LoggedRun], metric: str, grace: int, reduction: int, concurrent: int, experiment: str) -> str:
     """The grid's trials through simulate_asha in Tune's order for the sweep (k, M, seed nested, seed innermost:
     the live sweep's), and seed outermost; the live sweep's steps per trial beside the first."""
@@ -452,13 +461,9 @@ def cmd_simulate(runs: list[LoggedRun], metric: str, grace: int, reduction: int,
               "seed by seed": sorted(by_key, key=lambda k: (k[1], k[0]))}
     for name, keys in orders.items():
         trials = [(f"{k}", [(s, v) for s, v in by_key[k].series.get(metric, [])]) for k in keys]
-        got = simulate_asha(trials, steps, 50, grace, reduction, concurrent)
+        got = simulate_asha(trials, steps, grace, reduction, concurrent)
         spent = sum(got.values())
-        fin: dict = {}
-        for k in keys:
-            if got[f"{k}"] == steps:
-                fin.setdefault(k[0], []).append(by_key[k].final[1])
-        picked = min(fin, key=lambda c: np.mean(fin[c]))
+        fin, picked = _pick(got, keys, by_key, steps)
         diff = [by_key[(picked, s)].final[1] - by_key[(winner, s)].final[1] for s in (0, 1, 2)]
         m, h = _paired(diff) if picked != winner else (0.0, 0.0)
         verdict = "same" if picked == winner else ("within" if m - h <= 0 <= m + h else "worse")
@@ -476,12 +481,8 @@ def cmd_simulate(runs: list[LoggedRun], metric: str, grace: int, reduction: int,
     for g, rf in ((250, 3), (250, 4), (500, 2), (500, 3)):
         cells = []
         for name, keys in orders.items():
-            got = simulate_asha([(f"{k}", by_key[k].series.get(metric, [])) for k in keys], steps, 50, g, rf, concurrent)
-            fin = {}
-            for k in keys:
-                if got[f"{k}"] == steps:
-                    fin.setdefault(k[0], []).append(by_key[k].final[1])
-            pk = min(fin, key=lambda c: np.mean(fin[c]))
+            got = simulate_asha([(f"{k}", by_key[k].series.get(metric, [])) for k in keys], steps, g, rf, concurrent)
+            _, pk = _pick(got, keys, by_key, steps)
             cells.append(f"{name.split(' (')[0]}: {sum(got.values()) / (len(grid) * steps):.2f}, k={pk[0]:g} M={pk[1]}")
         lines.append(f"- grace_period {g}, reduction_factor {rf}: " + "; ".join(cells))
     return "\n".join(lines)
