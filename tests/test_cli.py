@@ -117,6 +117,16 @@ def test_run_then_report_end_to_end(isolated_store, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["method"] == "shortcut" and run.data.tags["profile"] == "smoke"
     assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"]
+    # what else decides its numbers: torch's build, the CPU's kernels, the threads; and the trained weights' hash
+    import torch
+
+    from bench.files.checkpoint import state_hash
+
+    tags = run.data.tags
+    assert tags["env.torch"] == torch.__version__ and tags["env.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["env.threads"] == run.data.params["train.threads"] == "1" and tags["env.cpu"]
+    final = torch.load(isolated_store / "checkpoints" / run.info.run_id / "final.pt", map_location="cpu", weights_only=False)
+    assert tags["ema_sha256"] == final["ema_sha256"] == state_hash(final["ema"])
     assert run.data.params["method.k"] == "0.25" and run.data.params["eval.feature_space"] == "coords"
     assert [m.step for m in c.get_metric_history(run.info.run_id, "fid")] == [1, 2, 4, 8]
     assert [m.step for m in c.get_metric_history(run.info.run_id, "nfe")] == [1, 2, 4, 8]

@@ -87,6 +87,28 @@ def git_commit() -> str:
     return (sha or "unknown") + ("-dirty" if dirty else "")
 
 
+def environment() -> dict[str, str]:
+    """What besides the commit, seed and config decides a run's numbers (tags env.*): the same commit and seed on
+    one thread gave flow matching on digits other final weights on another machine (results/README.md, "Same
+    commit, other weights"), since torch picks its kernels by build and CPU. Tags, not params: a run resumed
+    elsewhere says where it ended."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:  # Linux: the CPU's model name
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    env = {"env.torch": torch.__version__, "env.cpu": name, "env.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "env.threads": str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        env["env.gpu"] = torch.cuda.get_device_name()
+    return env
+
+
 def client(uri: str | None = None):
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -113,14 +113,15 @@ def deviation_tag(cfg: Config) -> dict[str, str]:
 def open_tracker(p: Prepared, experiment: str, run_name: str, extra_tags: dict[str, str] | None,
                  parent_run_id: str | None, resume_run_id: str | None, uri: str):
     """The MLflow run of one configuration: its name and the tags every run carries."""
-    from bench.store.tracking import Tracker, git_commit
+    from bench.store.tracking import Tracker, environment, git_commit
 
     cfg = p.cfg
     return Tracker(
         experiment,
         run_name=run_name or f"{cfg.method_name}-{cfg.data.spec.split('/')[-1]}-s{cfg.seed}",
         tags={"method": cfg.method_name, "profile": cfg.profile, "dataset": p.data.name, "seed": str(cfg.seed),
-              "git_commit": git_commit(), "config_hash": config_hash(cfg), **deviation_tag(cfg), **(extra_tags or {})},
+              "git_commit": git_commit(), "config_hash": config_hash(cfg), **environment(), **deviation_tag(cfg),
+              **(extra_tags or {})},
         parent_run_id=parent_run_id,
         resume_run_id=resume_run_id,
         uri=uri,
@@ -316,10 +317,11 @@ def train_and_evaluate(p: Prepared, run_id: str, tracker, resume_state: dict[str
             log_level_maps(tracker, run_id, ladder, by_t, f"{cfg.method_name} on {cfg.data.spec}, seed {cfg.seed}", LOSS_BY_T_SHARE)
     final = ckpt_path.parent / "final.pt"
     with span("final_checkpoint"):
+        ema_sha256 = ckpt.state_hash(trainer.ema.state_dict())
         ckpt.save({"ema": trainer.ema.state_dict(), "model": trainer.model.state_dict(), "config": cfg.to_dict(),
-                   "method": p.method.state_dict(), "step": trainer.step,
-                   "ema_sha256": ckpt.state_hash(trainer.ema.state_dict())}, final)
+                   "method": p.method.state_dict(), "step": trainer.step, "ema_sha256": ema_sha256}, final)
     tracker.log_artifact(final, "checkpoint")
+    tracker.set_tag("ema_sha256", ema_sha256)  # the trained weights' hash: two runs that should agree compare it
     return evaluate_all(p, weights(), tracker, progress=progress, echo=echo)
 
 
