@@ -80,6 +80,21 @@ def test_the_paired_interval_separates_what_the_unpaired_ones_cannot(tmp_path):
     assert set(m["fid_floor_fresh"]) == {0.5} and set(m["fid_floor_fresh_sd"]) == {0.08}
 
 
+def test_metrics_csv_and_the_source_line_name_the_machine_each_run_trained_on(tmp_path):
+    # one commit and seed train to other weights on another machine: the report says which ran where
+    epyc = {"env.torch": "2.14.1", "env.cpu": "AMD EPYC", "env.cpu_capability": "AVX512", "env.threads": "1"}
+    add_run("mach", "flow_matching", 0, {1: 20.0}, tags=epyc)
+    add_run("mach", "flow_matching", 1, {1: 21.0}, tags={**epyc, "env.cpu_capability": "AVX2", "env.gpu": "NVIDIA H200"})
+    add_run("mach", "flow_matching", 2, {1: 22.0})  # stored before runs tagged their machine
+    write_report("mach", tmp_path / "out")
+    m = pd.read_csv(tmp_path / "out" / "metrics.csv", keep_default_na=False).set_index("seed")
+    assert m.loc[0, "machine"] == "AMD EPYC (AVX512), torch 2.14.1"
+    assert m.loc[1, "machine"] == "AMD EPYC (AVX2), NVIDIA H200, torch 2.14.1" and m.loc[2, "machine"] == ""
+    source = next(ln for ln in (tmp_path / "out" / "leaderboard.md").read_text().splitlines() if "made on" in ln)
+    assert ("made on 1 commit: abc1234; on 2 machines: AMD EPYC (AVX2), NVIDIA H200, torch 2.14.1; "
+            "AMD EPYC (AVX512), torch 2.14.1 (1 run stored before runs recorded their machine)") in source
+
+
 def test_groups_with_other_evaluation_noise_or_teachers_are_not_paired():
     two_methods("q")
     for s, e in enumerate(SEED_EFFECT):  # the same seeds, evaluated with another noise seed

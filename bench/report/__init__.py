@@ -93,7 +93,17 @@ def _commits(df: pd.DataFrame) -> str:
     commits = sorted({str(c)[:7] for c in df["git_commit"].dropna() if str(c) not in ("", "nan")})
     if not commits:
         return "metrics.csv does not record the commits its runs were made on"
-    return f"made on {len(commits)} commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}"
+    text = f"made on {len(commits)} commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}"
+    if "machine" in df.columns:  # one commit and seed train to other weights on another machine
+        runs = df.drop_duplicates("run_id") if "run_id" in df.columns else df
+        named = runs["machine"].fillna("").astype(str).replace("nan", "")
+        machines = sorted(set(named) - {""})
+        if machines:
+            text += f"; on {len(machines)} machine{'s' if len(machines) > 1 else ''}: {'; '.join(machines)}"
+            if (named == "").any():
+                n = int((named == "").sum())
+                text += f" ({n} run{'s' if n > 1 else ''} stored before runs recorded their machine)"
+    return text
 
 
 def _outcomes(df: pd.DataFrame) -> str:

@@ -139,13 +139,22 @@ def _float(text) -> float:
 def run_identity(tags: dict[str, str], params: dict[str, str]) -> dict[str, str]:
     """What metrics.csv records of a run beyond its group, for checking which code made a row and for
     pairing runs (bench.report.paired): the commit, the evaluation seed, the reference set's fingerprint and
-    the teacher's weights' hash ("" for a method without a teacher)."""
-    return {"git_commit": tags.get("git_commit", ""), "eval_seed": params.get("eval.seed", ""),
+    the teacher's weights' hash ("" for a method without a teacher); the machine it trained on ("" for runs
+    stored before runs tagged it), since one commit and seed train to other weights on another machine."""
+    return {"git_commit": tags.get("git_commit", ""), "machine": machine(tags), "eval_seed": params.get("eval.seed", ""),
             "reference": params.get("eval.reference_fingerprint", ""), "teacher_sha256": params.get("teacher.ema_sha256", "")}
 
 
+def machine(tags: dict[str, str]) -> str:
+    """'AMD EPYC (AVX512), torch 2.14.1' from a run's env.* tags (bench.store.tracking.environment); "" without them."""
+    if not tags.get("env.torch"):
+        return ""
+    gpu = f", {tags['env.gpu']}" if tags.get("env.gpu") else ""
+    return f"{tags.get('env.cpu', '?')} ({tags.get('env.cpu_capability', '?')}){gpu}, torch {tags['env.torch']}"
+
+
 # metrics.csv's columns after the group's: the run's identity and its floor (bench.evaluation.metrics.fid_floor)
-RUN_COLUMNS = ("git_commit", "eval_seed", "reference", "teacher_sha256", *(f"fid_floor_{k}" for k in FLOORS))
+RUN_COLUMNS = ("git_commit", "machine", "eval_seed", "reference", "teacher_sha256", *(f"fid_floor_{k}" for k in FLOORS))
 
 
 def _settable() -> set[str]:
@@ -298,7 +307,7 @@ def read_metrics_csv(path, names: dict[str, str] | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise BenchError(f"No metrics file {path}.")
     try:
-        df = pd.read_csv(path, dtype={"git_commit": str, "eval_seed": str, "reference": str, "teacher_sha256": str,
+        df = pd.read_csv(path, dtype={"git_commit": str, "machine": str, "eval_seed": str, "reference": str, "teacher_sha256": str,
                                       "outcome": str, "failure_reason": str})
     except Exception as e:
         raise BenchError(f"{path} is not a readable CSV ({type(e).__name__}).") from None
