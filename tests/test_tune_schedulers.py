@@ -65,6 +65,13 @@ def test_shipped_asha_and_optuna_files():
     assert sorted((t.values["method.k"], t.values["method.M"], t.values["seed"]) for t in km.trials) == [
         (k, M, s) for k in (0.125, 0.25, 0.5) for M in (16, 32) for s in (0, 1, 2)]
     assert [m for m, _ in tune_config(km).scheduler._brackets[0]._rungs] == [2000, 1000, 500, 250]  # rungs from 10 %
+    # the pre-registered check on fresh seeds: the same axes, reduction 4 (rungs 250 and 1,000), against a FIFO grid
+    fresh, grid = (build_plan("shortcut", "digits", ["train.eval_every=250"], [name]) for name in ("kM_asha_fresh", "kM_fresh_grid"))
+    assert sorted((t.values["method.k"], t.values["method.M"], t.values["seed"]) for t in fresh.trials) == sorted(
+        (t.values["method.k"], t.values["method.M"], t.values["seed"]) for t in grid.trials) == [
+        (k, M, s) for k in (0.125, 0.25, 0.5) for M in (16, 32) for s in (3, 4, 5)]
+    assert [m for m, _ in tune_config(fresh).scheduler._brackets[0]._rungs] == [1000, 250]
+    assert grid.tune.scheduler == "fifo" and tune_config(grid).scheduler is None and fresh.cpus == grid.cpus == 1
     opt = build_plan("shortcut", "digits", [], ["k_optuna"])
     assert opt.drawn_at_run_time and opt.num_trials == opt.tune.num_samples
     assert opt.starts == [{"method.k": 0.25}]  # the paper's k goes first
