@@ -18,23 +18,26 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CELLS = ("default", "collapse", "probe", "optimiser", "steps")
+CELLS = ("default", "collapse", "probe", "optimiser", "steps", "threads")
 WHAT = {"collapse": "disjoint probe, profile's optimiser, 1 step (the 721f3e2 setting)",
         "probe": "earlier probe, profile's optimiser, 1 step", "optimiser": "disjoint probe, released optimiser, 1 step",
-        "steps": "disjoint probe, profile's optimiser, 4 steps", "default": "disjoint probe, released optimiser, 4 steps (today's default)"}
+        "steps": "disjoint probe, profile's optimiser, 4 steps", "default": "disjoint probe, released optimiser, 4 steps (today's default)",
+        "threads": "as collapse, on two threads instead of one"}
 
 
 def cell_of(params: dict, shipped_sha: str) -> str:
     earlier = params.get("classifier.sha256") != shipped_sha
     released = params.get("method.stage_optimiser") == "released"
     fs = int(float(params.get("method.final_steps", 0)))
-    key = (earlier, released, fs)
-    return {(False, False, 1): "collapse", (True, False, 1): "probe", (False, True, 1): "optimiser",
-            (False, False, 4): "steps", (False, True, 4): "default"}.get(key, f"other {key}")
+    threads = int(params.get("train.threads", 1))
+    key = (earlier, released, fs, threads)
+    return {(False, False, 1, 1): "collapse", (True, False, 1, 1): "probe", (False, True, 1, 1): "optimiser",
+            (False, False, 4, 1): "steps", (False, True, 4, 1): "default", (False, False, 1, 2): "threads"}.get(key, f"other {key}")
 
 
 def main() -> None:
@@ -95,6 +98,15 @@ def main() -> None:
         o = old[old.method == m].pivot_table(index=["method.final_steps", "seed"], columns="steps", values="value", aggfunc="first")
         lines += ["", f"The one-commit table's {m} rows (721f3e2, profile's optimiser, RDD at temperature 0.95): " + "; ".join(
             f"final_steps {int(fs)} seed {s}: n={int(fs)} {o.loc[(fs, s), int(fs)]:.3g}" for fs, s in o.index), ""]
+        for cell, fs in (("default", 4), ("optimiser", 1)):  # new against old, paired by seed (other teachers: see below)
+            d = df[(df.method == m) & (df.cell == cell) & (df.status == "FINISHED")].set_index("seed").fid_own
+            both = sorted(s for s in d.index if (fs, s) in o.index)
+            if len(both) >= 2:
+                diff = np.array([d[s] - o.loc[(fs, s), fs] for s in both])
+                half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+                lines += [f"{cell} minus the one-commit table's final_steps {fs} row at n = {fs}, paired over seeds "
+                          f"{' '.join(map(str, both))}: {diff.mean():+.3g} [{diff.mean() - half:+.3g}, {diff.mean() + half:+.3g}] "
+                          f"(per seed {', '.join(f'{v:+.3g}' for v in diff)})", ""]
     same = {s: teachers.get(s) == old_teacher.get(s) for s in seeds}
     lines.append("Teachers: " + "; ".join(f"seed {s} {'identical to' if ok else 'NOT the same as'} the one-commit table's "
                                           f"({str(teachers.get(s))[:12]})" for s, ok in same.items()) + ".")

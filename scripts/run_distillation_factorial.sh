@@ -8,8 +8,9 @@
 #   optimiser  the released stage optimiser (a fresh Adam at 5e-5, cosine to 0, clip 1.0, no EMA), otherwise as collapse
 #   steps      final_steps = 4, otherwise as collapse
 #   default    today's defaults: disjoint probe, released optimiser, final_steps = 4
-# for cfd and rdd, one thread per run, JOBS runs at a time (default 2); a seed's students wait for its teacher.
-# CELLS (environment; default "collapse probe optimiser default steps") picks the cells and their order.
+#   threads    as collapse, on two threads (the 721f3e2 runs used one where the earlier, healthier ones used two)
+# for cfd and rdd, one thread per run (the threads cell two), JOBS runs at a time (default 2); a seed's students wait for its teacher.
+# CELLS (environment; default "collapse probe optimiser default steps threads") picks the cells and their order.
 # Then: python scripts/distillation_factorial.py STORE  (the table).
 # Usage: scripts/run_distillation_factorial.sh STORE [JOBS] [SEEDS]   (STORE: a BENCH_STORE outside the repo)
 set -euo pipefail
@@ -20,11 +21,11 @@ BENCH=${BENCH:-bench}
 PYTHON=${PYTHON:-python}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 EXP=distill-factorial
-CELLS=${CELLS:-collapse probe optimiser default steps}
+CELLS=${CELLS:-collapse probe optimiser default steps threads}
 mkdir -p "$STORE/logs"
 EARLIER="$STORE/digits_probe_earlier.npz"
 [ -f "$EARLIER" ] || git -C "$ROOT" show 6426acd~1:bench/assets/digits_probe.npz > "$EARLIER"
-COMMON="--profile digits --experiment $EXP --set train.threads=1 --quiet"
+COMMON="--profile digits --experiment $EXP --quiet"
 {
   for s in $SEEDS; do echo "fm-s$s|$s|-"; done
   for cell in $CELLS; do  # a factor at a time over the seeds: stopped early, each finished cell has every seed
@@ -54,9 +55,11 @@ done | xargs -0 -P "$JOBS" -I{} bash -c '
       probe)     extra="--set stage_optimiser=profile --set final_steps=1 --set classifier_weights='"$EARLIER"'" ;;
       optimiser) extra="--set final_steps=1" ;;
       steps)     extra="--set stage_optimiser=profile" ;;
+      threads)   extra="--set stage_optimiser=profile --set final_steps=1" ;;
     esac
     args="--method $m --seed $seed --set teacher=$teacher $extra"
   fi
-  BENCH_STORE=$store OMP_NUM_THREADS=1 '"$BENCH"' run $args '"$COMMON"' > "$log" 2>&1; rc=$?
+  threads=1; [ "${cell:-}" = threads ] && threads=2
+  BENCH_STORE=$store OMP_NUM_THREADS=$threads '"$BENCH"' run $args '"$COMMON"' --set train.threads=$threads > "$log" 2>&1; rc=$?
   echo "$rc" > "$store/logs/$name.rc"; touch "$store/logs/$name.done"; echo "$(date +%T) $name rc=$rc"
 ' _ {}
