@@ -107,9 +107,11 @@ def main() -> None:
                 lines += [f"{cell} minus the one-commit table's final_steps {fs} row at n = {fs}, paired over seeds "
                           f"{' '.join(map(str, both))}: {diff.mean():+.3g} [{diff.mean() - half:+.3g}, {diff.mean() + half:+.3g}] "
                           f"(per seed {', '.join(f'{v:+.3g}' for v in diff)})", ""]
-    same = {s: teachers.get(s) == old_teacher.get(s) for s in seeds}
-    lines.append("Teachers: " + "; ".join(f"seed {s} {'identical to' if ok else 'NOT the same as'} the one-commit table's "
-                                          f"({str(teachers.get(s))[:12]})" for s, ok in same.items()) + ".")
+    def against_old(s) -> str:
+        if s not in old_teacher:
+            return "(the one-commit table has no distilled row of this seed)"
+        return f"{'identical to' if teachers.get(s) == old_teacher[s] else 'NOT the same as'} the one-commit table's"
+    lines.append("Teachers: " + "; ".join(f"seed {s} {str(teachers.get(s))[:12]} {against_old(s)}" for s in seeds) + ".")
     lines.append("Commits: " + ", ".join(sorted(set(df.git_commit.str[:7]))) + f". Runs: {len(df)} ({(df.status == 'FINISHED').sum()} finished).")
     text = "\n".join(lines)
     print(text)
