@@ -96,7 +96,7 @@ def _commits(df: pd.DataFrame) -> str:
     text = f"made on {len(commits)} commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}"
     if "machine" in df.columns:  # one commit and seed train to other weights on another machine
         runs = df.drop_duplicates("run_id") if "run_id" in df.columns else df
-        named = runs["machine"].fillna("").astype(str).replace("nan", "")
+        named = runs["machine"].fillna("").astype(str)
         machines = sorted(set(named) - {""})
         if machines:
             text += f"; on {len(machines)} machine{'s' if len(machines) > 1 else ''}: {'; '.join(machines)}"
